@@ -1,0 +1,75 @@
+"""Scoring held-out users: fold-in rows in, their target rows ranked, metrics averaged over users with a target."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from multivae.batch import SparseBatch
+from multivae.metrics import METRICS, parse_metric
+
+ScoreFn = Callable[[SparseBatch], torch.Tensor]
+DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")
+
+
+@torch.no_grad()
+def per_user_metrics(
+    score: ScoreFn,
+    fold_in: sp.csr_matrix,
+    target: sp.csr_matrix,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    batch_size: int = 2000,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Per-user values (NaN for users without a target), in row order."""
+    parsed = {m: parse_metric(m) for m in metrics}
+    out: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    has_target = np.diff(target.indptr) > 0
+    for start in range(0, fold_in.shape[0], batch_size):
+        rows = slice(start, min(start + batch_size, fold_in.shape[0]))
+        if not has_target[rows].any():
+            for m in metrics:
+                out[m].append(np.full(rows.stop - rows.start, np.nan))
+            continue
+        x = SparseBatch.from_csr(fold_in, rows).to(device)
+        scores = score(x).float()
+        scores[x.row_of_each(), x.indices] = -torch.inf        # never recommend what the user already has
+        t = SparseBatch.from_csr(target, rows).to(device).dense(torch.bool)
+        for m, (kind, k) in parsed.items():
+            out[m].append(METRICS[kind](scores, t, k).cpu().numpy())
+    return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
+
+
+def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean over users with a target, plus the standard error of each mean (`<metric>_se`)."""
+    result: dict[str, float] = {}
+    for m, v in per_user.items():
+        v = v[~np.isnan(v)]
+        result[m] = float(v.mean()) if v.size else float("nan")
+        result[f"{m}_se"] = float(v.std() / np.sqrt(v.size)) if v.size else float("nan")
+    return result
+
+
+def evaluate(score: ScoreFn, fold_in: sp.csr_matrix, target: sp.csr_matrix, metrics: Sequence[str] = DEFAULT_METRICS,
+             batch_size: int = 2000, device: torch.device | str = "cpu") -> dict[str, float]:
+    return summarize(per_user_metrics(score, fold_in, target, metrics, batch_size, device))
+
+
+def model_scorer(model: torch.nn.Module) -> ScoreFn:
+    """Logits of a model in eval mode (z = mu, no dropout)."""
+    def score(x: SparseBatch) -> torch.Tensor:
+        model.eval()
+        return model(x)[0]
+    return score
+
+
+def popularity_scorer(train: sp.csr_matrix) -> ScoreFn:
+    """The popularity baseline: every user gets the items ranked by their count among training users."""
+    counts = torch.from_numpy(np.asarray(train.sum(axis=0)).ravel().astype(np.float32))
+
+    def score(x: SparseBatch) -> torch.Tensor:
+        return counts.to(x.device).expand(x.n_rows, -1).clone()
+    return score
