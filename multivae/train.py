@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +25,13 @@ from multivae.evaluate import DEFAULT_METRICS, evaluate, model_scorer
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig, MultiDAE, MultiVAE, build_model, kl_divergence, kl_weight, l2_penalty, reconstruction_loss
 
-# The reference anneals over total_anneal_steps = 200,000 updates with cap 0.2, i.e. it reaches the cap
-# after 0.2 * 200,000 = 40,000 updates: epoch 40,000 / 234 = 170.9 of 200 on ML-20M (234 batches of 500).
-REFERENCE_CAP_STEPS = 40_000
+# The reference: beta = min(anneal_cap, update_count / total_anneal_steps), total_anneal_steps = 200,000 on
+# ML-20M (234 batches of 500 per epoch), so the slope is 1 / 200,000 per update whatever the cap, and cap 0.2
+# is reached after 40,000 updates (epoch 170.9 of 200). Our form min(cap, cap * step / anneal_steps) is the
+# same schedule with anneal_steps = cap * total_anneal_steps. On another dataset we keep the shape in epochs.
+REFERENCE_TOTAL_ANNEAL_STEPS = 200_000
 REFERENCE_BATCHES_PER_EPOCH = 234
-REFERENCE_ANNEAL_EPOCHS = REFERENCE_CAP_STEPS / REFERENCE_BATCHES_PER_EPOCH
+REFERENCE_TOTAL_ANNEAL_EPOCHS = REFERENCE_TOTAL_ANNEAL_STEPS / REFERENCE_BATCHES_PER_EPOCH   # 854.7
 REFERENCE_DAE_LAMBDA = 0.01  # divided by the batch size in the reference notebook (lam=0.01 / batch_size)
 
 
@@ -40,8 +42,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float | None = None   # lam in lam * sum ||W||^2; None: 0 for vae, 0.01 / batch_size for dae (reference)
     anneal_cap: float = 0.2
-    anneal_steps: int | None = None     # updates to reach the cap; None: the reference's shape, cap reached at
-                                        # epoch 170.9 (= 40,000 / 234) whatever the dataset size; 0: beta = cap throughout
+    anneal_steps: int | None = None     # updates to reach the cap; 0: beta = cap from the first update; None: the
+                                        # reference's schedule, cap * 854.7 epochs of updates (40,000 on ML-20M at cap 0.2)
     eval_batch_size: int = 2000
     metrics: tuple[str, ...] = DEFAULT_METRICS
     select_metric: str = "ndcg@100"     # validation metric that picks the best epoch
@@ -75,7 +77,7 @@ def batches_per_epoch(n_train_users: int, batch_size: int) -> int:
 def resolved_anneal_steps(cfg: TrainConfig, n_train_users: int) -> int:
     if cfg.anneal_steps is not None:
         return cfg.anneal_steps
-    return round(REFERENCE_ANNEAL_EPOCHS * batches_per_epoch(n_train_users, cfg.batch_size))
+    return round(cfg.anneal_cap * REFERENCE_TOTAL_ANNEAL_EPOCHS * batches_per_epoch(n_train_users, cfg.batch_size))
 
 
 def resolved_weight_decay(cfg: TrainConfig, model_cfg: ModelConfig) -> float:
@@ -266,4 +268,11 @@ def best_model(state: TrainState) -> MultiVAE | MultiDAE:
     return model.eval()
 
 
-Precision = Literal["fp32"]
+
+if __name__ == "__main__":
+    import sys
+
+    from multivae.errors import run_cli
+    from multivae.train_cli import main
+
+    sys.exit(run_cli(main, prog="multivae.train"))

@@ -1,0 +1,105 @@
+"""NDCG@k and Recall@k against a slow per-user implementation written here and hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from multivae.evaluate import evaluate, per_user_metrics, popularity_scorer
+from multivae.metrics import ndcg_at_k, parse_metric, recall_at_k
+
+
+def slow_ndcg(scores: np.ndarray, target: np.ndarray, k: int) -> float:
+    """The paper's definition, one user at a time with a full argsort."""
+    if target.sum() == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")[:k]
+    dcg = sum(1 / math.log2(r + 2) for r, i in enumerate(order) if target[i])
+    idcg = sum(1 / math.log2(r + 2) for r in range(min(int(target.sum()), k)))
+    return dcg / idcg
+
+
+def slow_recall(scores: np.ndarray, target: np.ndarray, k: int) -> float:
+    if target.sum() == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")[:k]
+    return sum(bool(target[i]) for i in order) / min(k, int(target.sum()))
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 100, 500])
+def test_matches_slow_reference_on_random_data(k):
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(64, 300))                       # continuous: no ties
+    target = rng.random((64, 300)) < rng.uniform(0.0, 0.1, size=(64, 1))
+    target[:3] = False                                        # users without a target
+    target[3, :] = False
+    target[3, 7] = True                                       # a user with one held-out item
+    fast_n = ndcg_at_k(torch.tensor(scores), torch.tensor(target), k).numpy()
+    fast_r = recall_at_k(torch.tensor(scores), torch.tensor(target), k).numpy()
+    slow_n = np.array([slow_ndcg(s, t, k) for s, t in zip(scores, target)])
+    slow_r = np.array([slow_recall(s, t, k) for s, t in zip(scores, target)])
+    np.testing.assert_allclose(fast_n, slow_n, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(fast_r, slow_r, rtol=1e-12, equal_nan=True)
+    assert np.isnan(fast_n[:3]).all() and np.isnan(fast_r[:3]).all()
+
+
+def test_hand_computed_cases():
+    s = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    # one held-out item at rank 2 (0-based 1): NDCG = (1/log2 3) / 1
+    t = torch.tensor([[False, True, False, False]])
+    assert ndcg_at_k(s, t, 3).item() == pytest.approx(1 / math.log2(3))
+    assert recall_at_k(s, t, 1).item() == 0.0 and recall_at_k(s, t, 2).item() == 1.0
+    # two targets at ranks 0 and 2: DCG = 1 + 1/2, IDCG = 1 + 1/log2 3
+    t = torch.tensor([[True, False, True, False]])
+    assert ndcg_at_k(s, t, 4).item() == pytest.approx((1 + 0.5) / (1 + 1 / math.log2(3)))
+    # k = 1 with 2 targets: IDCG over min(n, k) = 1 item, recall divides by min(k, n) = 1
+    assert ndcg_at_k(s, t, 1).item() == 1.0 and recall_at_k(s, t, 1).item() == 1.0
+
+
+def test_k_larger_than_catalogue():
+    s = torch.tensor([[0.1, 0.9, 0.5]])
+    t = torch.tensor([[True, False, False]])
+    # the single target sits last (rank 2): NDCG = 1/log2(4) = 0.5, recall = 1/min(100, 1)
+    assert ndcg_at_k(s, t, 100).item() == pytest.approx(0.5)
+    assert recall_at_k(s, t, 100).item() == 1.0
+
+
+def test_ties_do_not_change_the_value_when_tied_items_are_alike():
+    s = torch.tensor([[2.0, 2.0, 1.0, 1.0]])
+    both_targets = torch.tensor([[True, True, False, False]])
+    assert ndcg_at_k(s, both_targets, 2).item() == pytest.approx(1.0)
+    neither = torch.tensor([[False, False, True, True]])
+    assert ndcg_at_k(s, neither, 2).item() == 0.0
+    assert recall_at_k(s, neither, 3).item() == pytest.approx(0.5)
+
+
+def test_fold_in_items_are_masked_and_users_without_target_skipped():
+    fold_in = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32))
+    target = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]], dtype=np.float32))
+
+    def score(x):   # item 0 is the best-scored item for everyone, but user 0 already has it
+        return torch.tensor([[9.0, 3.0, 2.0, 1.0]]).expand(x.n_rows, -1).clone()
+
+    per_user = per_user_metrics(score, fold_in, target, ["ndcg@1", "recall@1"], batch_size=2)
+    assert per_user["ndcg@1"][0] == 1.0          # item 0 masked, so item 1 ranks first
+    assert np.isnan(per_user["ndcg@1"][1])       # no target: skipped
+    assert per_user["recall@1"][2] == 0.0        # user 2: item 0 ranks first (not masked for them)
+    summary = evaluate(score, fold_in, target, ["ndcg@1"])
+    assert summary["ndcg@1"] == pytest.approx(0.5)
+
+
+def test_popularity_scorer_ranks_by_training_counts():
+    train = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=np.float32))
+    fold_in = sp.csr_matrix(np.array([[1, 0, 0]], dtype=np.float32))
+    target = sp.csr_matrix(np.array([[0, 0, 1]], dtype=np.float32))
+    r = evaluate(popularity_scorer(train), fold_in, target, ["ndcg@2", "recall@1"])
+    assert r["recall@1"] == 0.0                  # item 1 (count 2) outranks item 2 (count 1)
+    assert r["ndcg@2"] == pytest.approx(1 / math.log2(3))
+
+
+@pytest.mark.parametrize("name", ["ndcg", "ndcg@0", "map@10", "recall@x"])
+def test_parse_metric_rejects_bad_names(name):
+    with pytest.raises(ValueError, match="unknown metric"):
+        parse_metric(name)
