@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,6 @@ class ProtocolConfig:
         if self.min_user_count < 0 or self.min_item_count < 0:
             raise ValueError(f"min_user_count and min_item_count must be >= 0, got {self.min_user_count}, {self.min_item_count}")
         h = self.heldout_users
-        if h is None:
-            return
         if isinstance(h, float) and not (0.0 < h < 0.5):
             raise ValueError(f"heldout_users as a fraction must be in (0, 0.5), got {h}")
         if isinstance(h, int) and h < 1:
@@ -133,7 +132,9 @@ class SplitData:
             arrays[f"{name}__indices"] = m.indices
             arrays[f"{name}__shape"] = np.asarray(m.shape, dtype=np.int64)
         for name in self._IDS:
-            arrays[name] = np.asarray(getattr(self, name))
+            ids = np.asarray(getattr(self, name))
+            # String ids come out of pandas as object arrays, which np.savez would pickle and `load` refuses.
+            arrays[name] = ids.astype(str) if ids.dtype == object else ids
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -153,7 +154,7 @@ class SplitData:
                     mats[name] = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
                 ids = {name: z[name] for name in cls._IDS}
             info = json.loads(path.with_suffix(".json").read_text())["info"]
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated or garbage files
             raise UserError(f"{path}: not a readable processed split ({exc.__class__.__name__}: {exc})") from None
         return cls(**mats, **ids, info=info)
 
@@ -167,7 +168,7 @@ def binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp
     return m
 
 
-def _fold_in_target(rows: pd.DataFrame, protocol: ProtocolConfig) -> tuple[np.ndarray, np.ndarray]:
+def _fold_in_target(rows: pd.DataFrame, protocol: ProtocolConfig) -> np.ndarray:
     """The reference's `split_train_test_proportion`: a boolean `is_target` per row.
 
     Users are visited in ascending user id (pandas groupby order) with the RNG reseeded, and each user's
