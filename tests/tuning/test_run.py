@@ -1,0 +1,191 @@
+"""`python -m tuning.run` end to end: the smoke search, its outputs, resume after an interruption, refusals."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ray import tune
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from multivae.errors import run_cli
+from tests.tuning.helpers import events, result_rows, trial_dirs
+from tuning import run
+from tuning.space import load_space
+from tuning.tblog import SUBDIR
+
+REPO = Path(__file__).absolute().parents[2]
+
+
+def smoke_space():
+    return load_space("smoke")
+
+
+def test_smoke_search_end_to_end(smoke_experiment):
+    assert smoke_experiment.rc == 0
+    space = smoke_space()
+    max_t = space.scheduler.max_t
+    dirs = trial_dirs(smoke_experiment.path)
+    assert len(dirs) == space.search.num_samples
+    epochs = {d.name: max(r["epoch"] for r in result_rows(d)) for d in dirs}
+    assert any(e < max_t for e in epochs.values()), f"ASHA stopped no trial: {epochs}"
+    assert any(e == max_t for e in epochs.values())
+
+    res = smoke_experiment.results
+    assert res is not None and res["trials"]["total"] == space.search.num_samples
+    assert res["trials"]["stopped_by_asha"] == sum(e < max_t for e in epochs.values())
+    assert res["trials"]["errored"] == 0
+    for split in ("val", "test"):
+        for m in ("ndcg@100", "recall@20", "recall@50"):
+            assert 0.0 < res[split][m] <= 1.0 and res[split][f"{m}_se"] > 0.0, (split, m)
+    # the validation score of the restored best weights is the one the trial reported at its best epoch
+    best = res["best_trial"]
+    assert math.isclose(res["val"]["ndcg@100"], best["best_ndcg@100"], rel_tol=1e-5)
+    assert 1 <= best["best_epoch"] <= best["epochs_trained"] <= max_t and best["beta_at_best"] >= 0.0
+    assert res["test"]["ndcg@100"] > res["popularity"]["test"]["ndcg@100"]   # the model beats popularity
+    assert res["split"]["test_users_with_target"] > 0 and res["wall_time_s"]["search"] > 0
+
+    best_config = yaml.safe_load((smoke_experiment.path / run.BEST_CONFIG).read_text())
+    best_dir = next(d for d in dirs if d.name.endswith(best["trial_id"]))
+    assert best_config["config"] == json.loads((best_dir / "params.json").read_text())
+    assert best_config["trial_id"] == best["trial_id"] and best_config["best_epoch"] == best["best_epoch"]
+    assert (smoke_experiment.path / run.RUN_META).exists() and (smoke_experiment.path / run.SPACE_COPY).exists()
+
+
+def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
+    for d in trial_dirs(smoke_experiment.path):
+        rows = result_rows(d)
+        acc = events(d / SUBDIR)
+        last_step, n_epochs = rows[-1]["global_step"], rows[-1]["epoch"]
+        assert last_step > n_epochs, "expected several updates per epoch"
+        for tag in ("train/loss", "train/kl_weight"):
+            assert [e.step for e in acc.Scalars(tag)] == list(range(1, last_step + 1)), (d.name, tag)
+        for tag in ("val/ndcg@100", "val/recall@20", "val/recall@50", "best/ndcg@100", "epoch/kl_weight"):
+            assert [e.step for e in acc.Scalars(tag)] == list(range(1, n_epochs + 1)), (d.name, tag)
+        reported = {r["epoch"]: r["ndcg@100"] for r in rows}
+        assert all(math.isclose(e.value, reported[e.step], rel_tol=1e-6) for e in acc.Scalars("val/ndcg@100"))
+        # HParams: this trial's parameters, and the metrics the HParams tab will show as columns
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+        params = json.loads((d / "params.json").read_text())
+        for k, v in params.items():
+            hp = start.hparams[k]
+            got = hp.number_value if isinstance(v, (int, float)) and not isinstance(v, bool) else hp.string_value
+            assert got == (v if not isinstance(v, (list, dict)) else got), (d.name, k)
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "val/ndcg@100" in {m.name.tag for m in experiment.metric_infos}
+        assert any(p.name.startswith("events.out.tfevents") for p in d.iterdir())   # Tune's own logger too
+
+
+def test_optuna_storage_records_the_study(smoke_experiment):
+    import optuna
+
+    study = optuna.load_study(study_name=smoke_experiment.path.name, storage=smoke_experiment.optuna_db)
+    trials = study.trials
+    assert len(trials) == smoke_experiment.results["trials"]["total"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.intermediate_values for t in trials)   # one value per epoch reported before the end
+    first = smoke_space().search.points_to_evaluate[0]
+    assert trials[0].params == first                     # the space's first point is the first trial
+    # Optuna is told each trial's last reported value; the best trial is picked by its best epoch, never lower
+    assert 0.0 < study.best_value <= smoke_experiment.results["best_trial"]["best_ndcg@100"]
+
+
+def test_refuses_an_existing_experiment_without_resume(smoke_experiment, capsys):
+    argv = ["--space", "smoke", "--storage", str(smoke_experiment.storage), "--name", smoke_experiment.path.name]
+    assert run_cli(run.main, argv, prog="python -m tuning.run") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists" in err and "--resume" in err and "--overwrite" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--resume"], "--resume needs --name"),
+    (["--resume", "--name", "nothing-here"], "no experiment to resume"),
+    (["--resume", "--name", "x", "--num-samples", "3"], "--num-samples cannot change on --resume"),
+    (["--resume", "--overwrite", "--name", "x"], "exclude each other"),
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+])
+def test_bad_combinations_are_one_line_errors(tmp_path, capsys, argv, needle):
+    assert run_cli(run.main, [*argv, "--storage", str(tmp_path)], prog="python -m tuning.run") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_bad_flag_exits_2_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "tuning.run", "--bogus"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["python -m tuning.run: error: unrecognized arguments: --bogus"]
+    assert proc.stdout == ""
+
+
+class InterruptMidTrial(tune.Callback):
+    """Ctrl-C, as a user would press it, once a trial has finished and another, still running, has just
+    checkpointed. Tune's handler for it (SIGINT, or SIGUSR1 used here) ends the loop and saves the
+    experiment for Tuner.restore. `on_checkpoint` runs just before Tune registers the checkpoint in the
+    same loop step, so the resumed trial must go on from exactly there. A marker file makes it fire once:
+    Tune pickles callbacks with the experiment and brings them back on --resume."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker, self.completed = str(marker), 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.completed += 1
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if not self.completed or trial.last_result.get("done") or os.path.exists(self.marker):
+            return
+        Path(self.marker).write_text(json.dumps({"trial_id": trial.trial_id, "epoch": trial.last_result["epoch"]}))
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):   # Tune's handler is there
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials(ray_session, tmp_path, capsys):
+    from tuning import report
+
+    # The smoke space with a checkpoint every epoch: the epoch-1 checkpoint of a trial that starts after the
+    # first one finished comes before any ASHA decision, so the interruption always finds a trial mid-run.
+    data = yaml.safe_load(Path(smoke_space().source).read_text())
+    data["checkpoint"]["every"] = 1
+    space_file = tmp_path / "smoke_every_epoch.yaml"
+    space_file.write_text(yaml.safe_dump(data))
+    space = load_space(str(space_file))
+    storage, cache, marker = tmp_path / "rr", tmp_path / "cache", tmp_path / "interrupt.json"
+    exp = storage / "interrupted"
+    argv = ["--space", str(space_file), "--storage", str(storage), "--name", "interrupted", "--cache-dir", str(cache)]
+    assert run.main(argv, callbacks=[InterruptMidTrial(marker)]) == run.EXIT_INTERRUPTED
+    assert "--resume --name interrupted" in capsys.readouterr().err
+    assert not (exp / run.RESULTS).exists()
+    interrupted = json.loads(marker.read_text())   # the trial that had just checkpointed, and its epoch
+
+    before = {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)}
+    finished = {n for n, text in before.items() if text and json.loads(text.splitlines()[-1]).get("done")}
+    assert finished and len(before) - len(finished) >= 1 and len(before) <= space.search.num_samples
+
+    # the report reads an interrupted experiment, without Ray
+    assert report.main([str(exp), "--out", str(tmp_path / "report_interrupted")]) == 0
+    assert "unfinished" in (tmp_path / "report_interrupted" / "leaderboard.csv").read_text()
+
+    assert run.main(["--resume", "--name", "interrupted", "--storage", str(storage), "--cache-dir", str(cache)]) == 0
+    after = trial_dirs(exp)
+    assert len(after) == space.search.num_samples
+    for d in after:
+        rows = result_rows(d)
+        assert rows[-1].get("done"), d.name
+        if d.name in finished:   # finished trials did not run again: their results are untouched
+            assert (d / "result.json").read_text() == before[d.name], d.name
+            continue
+        restarts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
+        resumed = rows[restarts[-1]:]
+        assert [r["epoch"] for r in resumed] == list(range(resumed[0]["epoch"], resumed[-1]["epoch"] + 1)), d.name
+        if d.name.endswith(interrupted["trial_id"]):   # went on right after the checkpoint it had just made
+            assert len(restarts) == 2 and resumed[0]["epoch"] == interrupted["epoch"] + 1, (d.name, interrupted)
+            steps = rows[0]["global_step"]   # updates per epoch
+            assert resumed[0]["global_step"] == steps * resumed[0]["epoch"] and resumed[0]["kl_weight"] > 0
+    res = json.loads((exp / run.RESULTS).read_text())
+    assert res["resumed"] is True and res["space"] == "smoke_every_epoch" and res["trials"]["total"] == space.search.num_samples
+    assert res["trials"]["unfinished"] == 0 and 0.0 < res["test"]["ndcg@100"] <= 1.0

@@ -1,0 +1,693 @@
+"""Search spaces: YAML files parsed once, at the edge, into typed and already-valid objects.
+
+    space = load_space("default")                        # search_spaces/default.yaml, or a path to a .yaml file
+    space = with_overrides(space, num_samples=4)         # command-line flags, validated like the file
+    tune.Tuner(trainable, param_space=to_tune(space))    # fixed values + Tune domains (OptunaSearch converts them)
+    model_cfg, train_cfg = split_trial_config(config, where="trial x")   # inside a trial
+
+The schema is documented in search_spaces/README.md. A bad file is one `UserError` line that names the
+file, the key path and the value, e.g. `search_spaces/x.yaml: params.lr.low must be > 0 for loguniform, got 0.0`.
+
+List-valued choices (`hidden_dims: {type: choice, values: [[600], [600, 300]]}`) reach the searcher as
+their JSON text ("[600]", "[600, 300]"), because Optuna's categorical values must be None, bool, int, float
+or str. Fixed list values (`fixed: {hidden_dims: [600]}`) are encoded the same way, so a trial's config is
+flat scalars. `to_tune`, `to_optuna` and `space.search.points_to_evaluate` hold the encoded form;
+`split_trial_config` decodes it back into the tuple the dataclasses expect.
+
+Neither Ray nor Optuna is imported here at module level (`to_tune` and `to_optuna` import them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from multivae.config import from_dict, to_dict
+from multivae.data import DatasetConfig
+from multivae.errors import UserError, one_line
+from multivae.metrics import parse_metric
+from multivae.model import ModelConfig
+from multivae.train import TrainConfig
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+SECTIONS = ("description", "dataset", "fixed", "params", "search", "scheduler", "resources", "checkpoint")
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+TRIAL_FIELDS = MODEL_FIELDS + TRAIN_FIELDS
+# TrainConfig fields that the trainable sets from the resources Tune gives the trial: a value in the space
+# would be silently replaced, so it is refused.
+SET_BY_TRIAL = {"device": "resources.gpus_per_trial", "threads": "resources.cpus_per_trial"}
+SPACE_FIELDS = tuple(f for f in TRIAL_FIELDS if f not in SET_BY_TRIAL)
+_FIELD_TYPES: dict[str, Any] = {**get_type_hints(ModelConfig), **get_type_hints(TrainConfig)}
+
+DISTRIBUTION_KEYS = {
+    "uniform": ("type", "low", "high"),
+    "loguniform": ("type", "low", "high"),
+    "int": ("type", "low", "high", "step", "log"),
+    "choice": ("type", "values"),
+}
+SCHEDULER_KEYS = {"asha": ("type", "max_t", "grace_period", "reduction_factor"), "fifo": ("type",)}
+HIGHER_IS_BETTER = ("ndcg", "recall")   # every validation metric the trials report
+
+
+# --- the typed objects --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Integers low, low + step, ..., high (both ends included); `log` samples on a log scale (step 1)."""
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple   # the values as the dataclasses take them; list values as tuples
+
+
+Distribution = Union[Uniform, LogUniform, IntRange, Choice]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    num_samples: int = 10
+    max_concurrent: int = 1
+    seed: int | None = 0                       # the TPE sampler's seed (None: not reproducible)
+    metric: str = "ndcg@100"
+    mode: str = "max"
+    points_to_evaluate: tuple[dict, ...] = ()  # searcher-space values: list choices encoded (see the module doc)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = "fifo"                         # asha | fifo
+    max_t: int | None = None                   # asha only: the trials' epochs
+    grace_period: int | None = None            # asha only
+    reduction_factor: float | None = None      # asha only
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    every: int = 1   # checkpoint every N epochs (and always at the end)
+    keep: int = 2    # keep the K latest checkpoints of a trial
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    source: str                              # the file it was read from (absolute path), or what the caller named
+    description: str
+    dataset: DatasetConfig
+    fixed: dict[str, Any]                    # field -> value as the dataclasses take it (tuples for lists)
+    params: dict[str, Distribution]          # field -> distribution, in the file's order
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: Resources = field(default_factory=Resources)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+def load_space(name_or_path: str, *, name: str | None = None) -> SearchSpace:
+    """A space by name (`smoke`, `ablations/likelihood`: a file in search_spaces/) or by path to a .yaml file.
+
+    `name`: the space's name when it is not the file's (a copy of `smoke.yaml` read back under another name)."""
+    path, found = _locate(str(name_or_path))
+    name = name or found
+    label = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{label}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    return _parse(_load_yaml(text, label), source=str(path), label=label, name=name)
+
+
+def parse_space(data: Any, source: str, *, name: str | None = None) -> SearchSpace:
+    """The space described by `data` (a parsed YAML document); errors name `source`."""
+    return _parse(data, source=str(source), label=_display(source), name=name or Path(str(source)).stem)
+
+
+def available_spaces() -> list[str]:
+    """The names `load_space` finds in search_spaces/."""
+    return sorted(p.relative_to(SPACES_DIR).with_suffix("").as_posix() for p in SPACES_DIR.rglob("*.yaml"))
+
+
+def _locate(arg: str) -> tuple[Path, str]:
+    path = Path(arg).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"{arg}: no such search space file")
+        return path.resolve(), path.stem
+    named = (SPACES_DIR / f"{arg}.yaml").resolve()
+    if named.is_relative_to(SPACES_DIR) and named.is_file():
+        return named, arg
+    if path.is_file():
+        return path.resolve(), path.stem
+    raise UserError(f"unknown search space {arg!r}: not a file, and not a name in {_display(SPACES_DIR)}/ "
+                    f"(available: {', '.join(available_spaces()) or 'none'})")
+
+
+def _display(path: str | Path) -> str:
+    """`path` relative to the working directory when it is below it (as a user would type it)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last, silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue   # an unhashable key: construct_mapping reports it
+        if duplicate:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    f"found duplicate key {key!r}", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str, label: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"{label}: invalid YAML{where}: {one_line(exc.problem or exc.context or exc)}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{label}: invalid YAML: {one_line(exc)}") from None
+
+
+# --- the parser: every rule, each failure one line naming file, key path and value ----------------------
+
+class _Parser:
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def fail(self, message: str) -> NoReturn:
+        raise UserError(f"{self.label}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
+        """A mapping (null: empty) with only `allowed` keys."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{path} must be a mapping, got {value!r}")
+        for key in value:
+            if key not in allowed:
+                self.fail(f"unknown key {_join(path, key)!r} (allowed: {', '.join(allowed)})")
+        return dict(value)
+
+    def trial_fields(self, value: Any, section: str) -> dict:
+        """`fixed` and `params`: a mapping (null: empty) keyed by ModelConfig and TrainConfig fields."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{section} must be a mapping, got {value!r}")
+        for key in value:
+            if key in SET_BY_TRIAL:
+                self.fail(f"{section}.{key} cannot be set in a search space: the trial sets it from {SET_BY_TRIAL[key]}")
+            if key not in SPACE_FIELDS:
+                self.fail(f"unknown key '{section}.{key}': not a ModelConfig or TrainConfig field (allowed: {', '.join(SPACE_FIELDS)})")
+        return dict(value)
+
+    def number(self, value: Any, path: str) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"{path} must be a number, got {value!r}{_yaml_hint(value)}")
+        return value
+
+    def integer(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{path} must be an integer, got {value!r}{_yaml_hint(value)}")
+        return value
+
+    def required(self, spec: Mapping, key: str, path: str, what: str) -> Any:
+        if key not in spec:
+            self.fail(f"{path}.{key} is required for {what}")
+        return spec[key]
+
+    # --- params ---
+
+    def distribution(self, name: str, spec: Any) -> Distribution:
+        path = f"params.{name}"
+        if not isinstance(spec, Mapping):
+            self.fail(f"{path} must be a mapping like {{type: uniform, low: 0.0, high: 1.0}}, got {spec!r}")
+        if "type" not in spec:
+            self.fail(f"{path}.type is required (one of {', '.join(DISTRIBUTION_KEYS)})")
+        kind = spec["type"]
+        if not isinstance(kind, str) or kind not in DISTRIBUTION_KEYS:
+            self.fail(f"{path}.type must be one of {', '.join(DISTRIBUTION_KEYS)}, got {kind!r}")
+        spec = self.mapping(spec, path, DISTRIBUTION_KEYS[kind])
+        options = _options(name)
+        fits = {"uniform": float in options, "loguniform": float in options, "int": int in options or float in options}
+        if not fits.get(kind, True):
+            self.fail(f"{path}.type must be {'int or choice' if int in options else 'choice'} for {name}, got {kind!r}")
+        if kind in ("uniform", "loguniform"):
+            low = float(self.number(self.required(spec, "low", path, kind), f"{path}.low"))
+            high = float(self.number(self.required(spec, "high", path, kind), f"{path}.high"))
+            if not low < high:
+                self.fail(f"{path}.low must be < high for {kind}, got low={low!r}, high={high!r}")
+            if kind == "loguniform":
+                if low <= 0:
+                    self.fail(f"{path}.low must be > 0 for loguniform, got {low!r}")
+                return LogUniform(low, high)
+            return Uniform(low, high)
+        if kind == "int":
+            low = self.integer(self.required(spec, "low", path, kind), f"{path}.low")
+            high = self.integer(self.required(spec, "high", path, kind), f"{path}.high")
+            step = self.integer(spec.get("step", 1), f"{path}.step")
+            log = spec.get("log", False)
+            if not isinstance(log, bool):
+                self.fail(f"{path}.log must be true or false, got {log!r}")
+            if low > high:
+                self.fail(f"{path}.low must be <= high, got low={low!r}, high={high!r}")
+            if step < 1:
+                self.fail(f"{path}.step must be >= 1, got {step!r}")
+            if log and step != 1:
+                self.fail(f"{path}.step must be 1 with log: true (Optuna cannot combine them), got {step!r}")
+            if log and low < 1:
+                self.fail(f"{path}.low must be >= 1 with log: true, got {low!r}")
+            if (high - low) % step:
+                self.fail(f"{path}.high must be low plus a multiple of step ({low} + k * {step}), got {high!r}")
+            return IntRange(low, high, step, log)
+        values = self.required(spec, "values", path, kind)
+        if not isinstance(values, list) or not values:
+            self.fail(f"{path}.values must be a non-empty list, got {values!r}")
+        out: list[Any] = []
+        for i, v in enumerate(values):
+            vpath = f"{path}.values[{i}]"
+            if not _is_choice_value(v):
+                self.fail(f"{vpath} must be null, a bool, a number, a string or a list of those, got {v!r}")
+            self.no_number_text(name, v, vpath)
+            v = tuple(v) if isinstance(v, list) else v
+            if any(_same(v, seen) for seen in out):
+                self.fail(f"{vpath} repeats an earlier value, got {_plain(v)!r}")
+            out.append(v)
+        return Choice(tuple(out))
+
+    def no_number_text(self, name: str, value: Any, path: str) -> None:
+        """`1e-4` is text in YAML 1.1: say so where the field takes no text."""
+        if isinstance(value, str) and _yaml_hint(value) and not _takes_text(name):
+            self.fail(f"{path} must be a number, got {value!r}{_yaml_hint(value)}")
+
+    # --- points to evaluate ---
+
+    def point(self, i: int, point: Any, params: dict[str, Distribution]) -> dict:
+        path = f"search.points_to_evaluate[{i}]"
+        if not isinstance(point, Mapping):
+            self.fail(f"{path} must be a mapping of searched parameters to values, got {point!r}")
+        for key in point:
+            if key not in params:
+                self.fail(f"{_join(path, key)} is not a searched parameter (searched: {', '.join(params)})")
+        missing = [k for k in params if k not in point]
+        if missing:
+            self.fail(f"{path} must give every searched parameter (Tune's OptunaSearch requires it); missing: {', '.join(missing)}")
+        return {name: self.point_value(f"{path}.{name}", name, point[name], dist) for name, dist in params.items()}
+
+    def point_value(self, path: str, name: str, value: Any, dist: Distribution) -> Any:
+        if isinstance(dist, Choice):
+            v = tuple(value) if isinstance(value, list) else value
+            for candidate in dist.values:
+                if _same(v, candidate):
+                    return encode_value(candidate)
+            self.fail(f"{path} must be one of {[_plain(c) for c in dist.values]}, got {value!r}")
+        if isinstance(dist, IntRange):
+            v = self.integer(value, path)
+            if not dist.low <= v <= dist.high or (v - dist.low) % dist.step:
+                grid = f" on the grid of step {dist.step}" if dist.step > 1 else ""
+                self.fail(f"{path} must be an integer in [{dist.low}, {dist.high}]{grid}, got {value!r}")
+            return v
+        v = float(self.number(value, path))
+        if not dist.low <= v <= dist.high:
+            self.fail(f"{path} must be in [{dist.low!r}, {dist.high!r}], got {value!r}")
+        return v
+
+
+def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
+    p = _Parser(label)
+    if not isinstance(data, Mapping):
+        p.fail(f"the top level must be a mapping of sections ({', '.join(SECTIONS)}), got {data!r}")
+    data = p.mapping(data, "", SECTIONS)
+
+    description = "" if data.get("description") is None else data["description"]
+    if not isinstance(description, str):
+        p.fail(f"description must be text, got {description!r}")
+
+    dataset = from_dict(DatasetConfig, data.get("dataset"), where=label, prefix="dataset")
+
+    fixed_raw = p.trial_fields(data.get("fixed"), "fixed")
+    for key, value in fixed_raw.items():
+        p.no_number_text(key, value, f"fixed.{key}")
+
+    params_raw = data.get("params")
+    if params_raw is None or (isinstance(params_raw, Mapping) and not params_raw):
+        p.fail("params must name at least one searched parameter")
+    params_raw = p.trial_fields(params_raw, "params")
+    both = [k for k in params_raw if k in fixed_raw]
+    if both:
+        p.fail(f"params.{both[0]} is also in fixed (fixed.{both[0]} = {fixed_raw[both[0]]!r}): give it in one of them")
+    params = {name_: p.distribution(name_, spec) for name_, spec in params_raw.items()}
+
+    # Build the dataclasses once: the fixed values alone, then each parameter at each end (each choice),
+    # then everything together, so a rejected value is blamed on the key that holds it.
+    _build(fixed_raw, where=label, prefix="fixed")
+    for pname, dist in params.items():
+        for probe, value in _probes(dist):
+            _build({**fixed_raw, pname: value}, where=f"{label}: params.{pname}.{probe}")
+    model_cfg, train_cfg = _build({**fixed_raw, **{k: representative(d) for k, d in params.items()}},
+                                  where=f"{label}: params (every parameter at its midpoint or first choice)")
+    built = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)}
+    fixed = {k: built[k] for k in fixed_raw}
+
+    search = _search(p, data.get("search"), params, train_cfg)
+    scheduler = _scheduler(p, data.get("scheduler"), params, train_cfg)
+    res = p.mapping(data.get("resources"), "resources", ("cpus_per_trial", "gpus_per_trial"))
+    cpus = p.number(res.get("cpus_per_trial", Resources.cpus_per_trial), "resources.cpus_per_trial")
+    gpus = p.number(res.get("gpus_per_trial", Resources.gpus_per_trial), "resources.gpus_per_trial")
+    if cpus <= 0:
+        p.fail(f"resources.cpus_per_trial must be > 0, got {cpus!r}")
+    if gpus < 0:
+        p.fail(f"resources.gpus_per_trial must be >= 0, got {gpus!r}")
+    ck = p.mapping(data.get("checkpoint"), "checkpoint", ("every", "keep"))
+    every = p.integer(ck.get("every", CheckpointSettings.every), "checkpoint.every")
+    keep = p.integer(ck.get("keep", CheckpointSettings.keep), "checkpoint.keep")
+    for key, value in (("every", every), ("keep", keep)):
+        if value < 1:
+            p.fail(f"checkpoint.{key} must be >= 1, got {value!r}")
+
+    return SearchSpace(name=name, source=source, description=description.strip(), dataset=dataset, fixed=fixed,
+                       params=params, search=search, scheduler=scheduler, resources=Resources(cpus, gpus),
+                       checkpoint=CheckpointSettings(every, keep))
+
+
+def _search(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg: TrainConfig) -> SearchSettings:
+    d = p.mapping(raw, "search", tuple(f.name for f in dataclasses.fields(SearchSettings)))
+    default = SearchSettings()
+    num_samples = p.integer(d.get("num_samples", default.num_samples), "search.num_samples")
+    max_concurrent = p.integer(d.get("max_concurrent", default.max_concurrent), "search.max_concurrent")
+    for key, value in (("num_samples", num_samples), ("max_concurrent", max_concurrent)):
+        if value < 1:
+            p.fail(f"search.{key} must be >= 1, got {value!r}")
+    seed = d.get("seed", default.seed)
+    if seed is not None and (p.integer(seed, "search.seed") < 0 or seed >= 2**32):
+        p.fail(f"search.seed must be an integer in [0, 2**32) or null, got {seed!r}")
+    metric = d.get("metric", default.metric)
+    if metric not in train_cfg.metrics:
+        p.fail(f"search.metric must be one of the validation metrics the trials report ({', '.join(train_cfg.metrics)}), "
+               f"got {metric!r}")
+    mode = d.get("mode", default.mode)
+    if mode not in ("min", "max"):
+        p.fail(f"search.mode must be 'min' or 'max', got {mode!r}")
+    if mode == "min" and parse_metric(metric)[0] in HIGHER_IS_BETTER:
+        p.fail(f"search.mode must be 'max' for {metric} (higher is better), got 'min'")
+    points = d.get("points_to_evaluate") or []
+    if not isinstance(points, list):
+        p.fail(f"search.points_to_evaluate must be a list of mappings, got {points!r}")
+    encoded = tuple(p.point(i, point, params) for i, point in enumerate(points))
+    return SearchSettings(num_samples, max_concurrent, seed, metric, mode, encoded)
+
+
+def _scheduler(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg: TrainConfig) -> SchedulerSettings:
+    if raw is None:
+        return SchedulerSettings()
+    if not isinstance(raw, Mapping):
+        p.fail(f"scheduler must be a mapping, got {raw!r}")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in SCHEDULER_KEYS:
+        p.fail(f"scheduler.type must be one of {', '.join(SCHEDULER_KEYS)}, got {kind!r}")
+    d = p.mapping(raw, "scheduler", SCHEDULER_KEYS[kind])
+    if kind == "fifo":
+        return SchedulerSettings("fifo")
+    if "epochs" in params:
+        p.fail("params.epochs cannot be searched with scheduler.type asha (ASHA decides how long a trial runs): "
+               "fix epochs and set scheduler.max_t to it")
+    epochs = train_cfg.epochs
+    max_t = p.integer(d.get("max_t", epochs), "scheduler.max_t")
+    grace = p.integer(d.get("grace_period", 1), "scheduler.grace_period")
+    rf = p.number(d.get("reduction_factor", 4), "scheduler.reduction_factor")
+    if grace < 1:
+        p.fail(f"scheduler.grace_period must be >= 1, got {grace!r}")
+    if max_t < grace:
+        p.fail(f"scheduler.max_t must be >= grace_period ({grace}), got {max_t!r}")
+    if max_t != epochs:
+        p.fail(f"scheduler.max_t must equal the trials' epochs ({epochs}, the last rung is the end of training), got {max_t!r}")
+    if rf <= 1:
+        p.fail(f"scheduler.reduction_factor must be > 1, got {rf!r}")
+    return SchedulerSettings("asha", max_t, grace, float(rf))
+
+
+# --- values, probes, the dataclasses --------------------------------------------------------------------
+
+def _build(config: Mapping[str, Any], where: str, prefix: str = "") -> tuple[ModelConfig, TrainConfig]:
+    model = {k: v for k, v in config.items() if k in MODEL_FIELDS}
+    train = {k: v for k, v in config.items() if k in TRAIN_FIELDS}
+    return from_dict(ModelConfig, model, where=where, prefix=prefix), from_dict(TrainConfig, train, where=where, prefix=prefix)
+
+
+def representative(dist: Distribution) -> Any:
+    """The value the checks build the dataclasses with: the midpoint (geometric on a log scale), or the first choice."""
+    if isinstance(dist, Uniform):
+        return (dist.low + dist.high) / 2
+    if isinstance(dist, LogUniform):
+        return math.sqrt(dist.low * dist.high)
+    if isinstance(dist, IntRange):
+        if dist.log:
+            return min(dist.high, max(dist.low, round(math.sqrt(dist.low * dist.high))))
+        return dist.low + dist.step * ((dist.high - dist.low) // dist.step // 2)
+    return dist.values[0]
+
+
+def _probes(dist: Distribution) -> list[tuple[str, Any]]:
+    if isinstance(dist, Choice):
+        return [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
+    return [("low", dist.low), ("high", dist.high)]
+
+
+def encode_value(value: Any) -> Any:
+    """A value as the searcher sees it: lists (tuples) become their JSON text, "[600, 300]"."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps([_plain(v) for v in value])
+    return value
+
+
+def decode_value(name: str, value: Any, where: str = "trial config") -> Any:
+    """The inverse of `encode_value` for field `name`: JSON text becomes a list where the field is a sequence."""
+    if not (_is_sequence_field(name) and isinstance(value, str)):
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        decoded = None
+    if not isinstance(decoded, list):
+        raise UserError(f"{where}: {name} must be a list or its JSON text like '[600, 200]', got {value!r}")
+    return decoded
+
+
+def split_trial_config(config: Mapping[str, Any], where: str) -> tuple[ModelConfig, TrainConfig]:
+    """A trial's flat config (fixed + sampled values, list choices encoded) as (ModelConfig, TrainConfig)."""
+    unknown = [k for k in config if k not in TRIAL_FIELDS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(TRIAL_FIELDS)})")
+    return _build({k: decode_value(k, v, where) for k, v in config.items()}, where=where)
+
+
+def _options(name: str) -> tuple:
+    """The types field `name` accepts (the members of a union)."""
+    tp = _FIELD_TYPES.get(name)
+    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+
+
+def _is_sequence_field(name: str) -> bool:
+    return any(get_origin(t) in (tuple, list) for t in _options(name))
+
+
+def _takes_text(name: str) -> bool:
+    return any(t is str or get_origin(t) is Literal for t in _options(name))
+
+
+def _is_choice_value(v: Any) -> bool:
+    scalar = (type(None), bool, int, float, str)
+    return isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as configuration values: 0 == 0.0, but True != 1 and [600] == (600,)."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b)))
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+_NUMBER_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_hint(value: Any) -> str:
+    """PyYAML follows YAML 1.1, where `1e-4` (no dot) is text: say so when a number was meant."""
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        return " (YAML reads a number like 1e-4 as text: write 1.0e-4)"
+    return ""
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# --- for the searcher -----------------------------------------------------------------------------------
+
+def to_tune(space: SearchSpace) -> dict[str, Any]:
+    """Tune's param_space: the fixed values (encoded) and a Tune domain per searched parameter.
+
+    Integer ranges include `high` (Tune's randint excludes it, so it gets high + 1); OptunaSearch turns the
+    domains into exactly `to_optuna(space)`."""
+    from ray import tune
+
+    out: dict[str, Any] = {k: encode_value(v) for k, v in space.fixed.items()}
+    for name, d in space.params.items():
+        if isinstance(d, Uniform):
+            out[name] = tune.uniform(d.low, d.high)
+        elif isinstance(d, LogUniform):
+            out[name] = tune.loguniform(d.low, d.high)
+        elif isinstance(d, IntRange):
+            if d.log:
+                out[name] = tune.lograndint(d.low, d.high + 1)
+            elif d.step > 1:
+                out[name] = tune.qrandint(d.low, d.high, d.step)
+            else:
+                out[name] = tune.randint(d.low, d.high + 1)
+        else:
+            out[name] = tune.choice([encode_value(v) for v in d.values])
+    return out
+
+
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """The searched parameters as Optuna distributions (what OptunaSearch makes of `to_tune(space)`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for name, d in space.params.items():
+        if isinstance(d, Uniform):
+            out[name] = FloatDistribution(d.low, d.high)
+        elif isinstance(d, LogUniform):
+            out[name] = FloatDistribution(d.low, d.high, log=True)
+        elif isinstance(d, IntRange):
+            out[name] = IntDistribution(d.low, d.high, log=d.log, step=d.step)
+        else:
+            out[name] = CategoricalDistribution([encode_value(v) for v in d.values])
+    return out
+
+
+# --- after parsing: resources, command-line overrides, back to the YAML form ----------------------------
+
+def validate_resources(space: SearchSpace, available_gpus: float | None) -> None:
+    """Refuse a GPU request the machine cannot meet (`available_gpus=None`: unknown, not checked)."""
+    gpus = space.resources.gpus_per_trial
+    if available_gpus is not None and gpus > available_gpus:
+        raise UserError(f"{_display(space.source)}: resources.gpus_per_trial is {gpus:g} but {available_gpus:g} GPUs are "
+                        f"available (pass --gpus-per-trial 0, or join a cluster with GPUs)")
+
+
+OVERRIDES = {   # with_overrides keyword -> (section, key)
+    "dataset": ("dataset", "name"),
+    "data_dir": ("dataset", "data_dir"),
+    "num_samples": ("search", "num_samples"),
+    "max_concurrent": ("search", "max_concurrent"),
+    "seed": ("search", "seed"),
+    "cpus_per_trial": ("resources", "cpus_per_trial"),
+    "gpus_per_trial": ("resources", "gpus_per_trial"),
+}
+
+
+def with_overrides(space: SearchSpace, **overrides: Any) -> SearchSpace:
+    """`space` with command-line values (None: not given) replacing the file's, checked by the same rules."""
+    unknown = [k for k in overrides if k not in OVERRIDES]
+    if unknown:
+        raise TypeError(f"with_overrides: unknown override {unknown[0]!r} (allowed: {', '.join(OVERRIDES)})")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return space
+    data = space_to_dict(space)
+    for key, value in given.items():
+        section, field_name = OVERRIDES[key]
+        data[section][field_name] = value
+    if data["dataset"]["name"] != "file":
+        data["dataset"]["path"] = None
+    flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+    return _parse(data, source=space.source, label=f"{_display(space.source)} with {flags}", name=space.name)
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """The space in the YAML schema (`parse_space(space_to_dict(s), s.source) == s`)."""
+    def dist(d: Distribution) -> dict[str, Any]:
+        if isinstance(d, Choice):
+            return {"type": "choice", "values": [_plain(v) for v in d.values]}
+        kind = {Uniform: "uniform", LogUniform: "loguniform", IntRange: "int"}[type(d)]
+        return {"type": kind, **dataclasses.asdict(d)}
+
+    search = dataclasses.asdict(space.search)
+    search["points_to_evaluate"] = [{k: _plain(decode_value(k, v)) for k, v in pt.items()}
+                                    for pt in space.search.points_to_evaluate]
+    return {
+        "description": space.description,
+        "dataset": to_dict(space.dataset),
+        "fixed": {k: _plain(v) for k, v in space.fixed.items()},
+        "params": {k: dist(d) for k, d in space.params.items()},
+        "search": search,
+        "scheduler": {k: v for k, v in dataclasses.asdict(space.scheduler).items() if v is not None},
+        "resources": dataclasses.asdict(space.resources),
+        "checkpoint": dataclasses.asdict(space.checkpoint),
+    }
+
+
+__all__ = [
+    "SPACES_DIR", "Choice", "CheckpointSettings", "Distribution", "IntRange", "LogUniform", "Resources",
+    "SchedulerSettings", "SearchSettings", "SearchSpace", "Uniform", "available_spaces", "decode_value",
+    "encode_value", "load_space", "parse_space", "representative", "space_to_dict", "split_trial_config",
+    "to_optuna", "to_tune", "validate_resources", "with_overrides",
+]

@@ -1,0 +1,128 @@
+"""The Ray Tune trainable: a thin adapter from one trial's config to `multivae.train.fit`.
+
+    tune.with_parameters(train_multivae, split=split)   # the processed dataset goes to the object store once
+
+Per trial: decode the config (`tuning.space.split_trial_config`), use the CPUs and GPU Tune gave the trial,
+resume from `tune.get_checkpoint()` when Tune restarts the trial (model, optimizer, epoch, global step and
+RNG state, so the KL weight goes on where it was), then train. After every epoch `tune.report(...)` gets
+the validation metrics (ndcg@100 is what ASHA and Optuna compare) and, on checkpoint epochs, a
+`tune.Checkpoint` holding `checkpoint.pt`. Per-step and per-epoch curves and the trial's hyperparameters go
+to TensorBoard (`tuning.tblog`). The trial never opens a data file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import ray
+from ray import tune
+
+from multivae.checkpoint import CHECKPOINT_NAME
+from multivae.data.split import SplitData
+from multivae.train import Callback, TrainState, fit, init_state, restore_state, save_state
+from tuning.space import split_trial_config
+from tuning.tblog import TrialWriter
+
+# What every tune.report carries (all of `fit`'s epoch record): the search metric and its context.
+REPORTED = ("epoch", "global_step", "loss", "recon", "kl", "kl_weight", "ndcg@100", "recall@20", "recall@50",
+            "best_ndcg@100", "best_epoch", "beta_at_best", "anneal_steps", "epoch_time_s", "eval_time_s")
+
+
+def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
+    """The epochs before max_t at which ASHA may stop a trial: its milestones grace * rf^k, computed as Ray's
+    `_Bracket` does, each reached at the first epoch >= it.
+
+    A trial is checkpointed at each of them, so a trial stopped there keeps its best weights."""
+    n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    milestones = (grace_period * reduction_factor ** k for k in range(n_rungs))
+    return sorted({math.ceil(m) for m in milestones if m < max_t})
+
+
+def trial_resources() -> tuple[int | None, float]:
+    """(CPU threads, GPUs) that Ray assigned to this trial's worker."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    cpus = assigned.get("CPU")
+    return (max(1, int(cpus)) if cpus else None), float(assigned.get("GPU", 0.0))
+
+
+def trial_log_dir() -> Path:
+    """Where the trial's TensorBoard run goes: the trial's working directory on the node that runs it.
+
+    `tune.get_context().get_trial_dir()` is the *driver's* staging directory in Ray 2.60, which is only
+    uploaded to storage when the trial runs on the driver's node; the working directory is uploaded from
+    any node with `SyncConfig(sync_artifacts=True)` (set by `tuning.run`). Both end up in
+    `<storage>/<experiment>/<trial>/`."""
+    ctx = tune.get_context()
+    try:
+        return Path(ctx.get_storage().trial_working_directory)
+    except Exception:  # noqa: BLE001 - a DeveloperAPI; fall back to the public trial directory
+        return Path(ctx.get_trial_dir())
+
+
+class TuneReporter(Callback):
+    """`fit`'s callback inside a trial: TensorBoard every step, `tune.report` (+ checkpoint) every epoch."""
+
+    def __init__(self, writer: TrialWriter, checkpoint_epochs: Iterable[int], checkpoint_every: int,
+                 item_ids: Any, extra: dict) -> None:
+        self.writer, self.item_ids, self.extra = writer, item_ids, extra
+        self.checkpoint_epochs, self.every = set(checkpoint_epochs), max(1, checkpoint_every)
+
+    def on_step(self, record: dict[str, float]) -> None:
+        self.writer.step(record)
+
+    def wants_checkpoint(self, state: TrainState) -> bool:
+        e = state.epoch
+        return e % self.every == 0 or e in self.checkpoint_epochs or e >= state.train_config.epochs
+
+    def on_epoch(self, record: dict[str, Any], state: TrainState) -> None:
+        self.writer.epoch(record)
+        self.writer.flush()   # Tune may stop this trial inside tune.report: nothing after it is guaranteed
+        metrics = {k: (float(v) if isinstance(v, float) else v) for k, v in record.items()}
+        if not self.wants_checkpoint(state):
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="multivae-ckpt-") as tmp:
+            save_state(state, Path(tmp) / CHECKPOINT_NAME, self.item_ids, self.extra)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def train_multivae(config: dict[str, Any], split: SplitData | None = None, checkpoint_every: int = 1,
+                   checkpoint_epochs: Iterable[int] = ()) -> None:
+    """One trial. `split` comes from `tune.with_parameters`; `checkpoint_epochs` are extra epochs to
+    checkpoint at (the ASHA rungs), on top of every `checkpoint_every` epochs and the last one."""
+    if split is None:
+        raise ValueError("train_multivae needs the dataset: tune.with_parameters(train_multivae, split=split)")
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)   # a line per checkpoint otherwise
+    ctx = tune.get_context()
+    trial = ctx.get_trial_name() or "trial"
+    model_cfg, cfg = split_trial_config(config, where=f"trial {trial}")
+    threads, gpus = trial_resources()
+    cfg = dataclasses.replace(cfg, threads=threads, device="cuda" if gpus > 0 else "cpu")
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = restore_state(Path(d) / CHECKPOINT_NAME, n_items=split.n_items, device=cfg.device, train_config=cfg)
+    else:
+        state = init_state(split.n_items, model_cfg, cfg)
+
+    writer = TrialWriter(trial_log_dir(), cfg.metrics, cfg.select_metric)
+    if checkpoint is None:
+        writer.hparams(config)
+    extra = {"trial_id": ctx.get_trial_id(), "trial_name": trial, "split_path": split.info.get("cache_path"),
+             "config": {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str, type(None)))}}
+    reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra)
+    try:
+        fit(split, state=state, callback=reporter)
+    except FloatingPointError as exc:
+        raise FloatingPointError(f"trial {trial} diverged: {exc}; config {dict(sorted(config.items()))}") from None
+    finally:
+        writer.close()
+
+
+__all__ = ["REPORTED", "TuneReporter", "asha_rungs", "train_multivae", "trial_resources"]
