@@ -64,6 +64,8 @@ def _parser() -> ArgParser:
     o.add_argument("--storage", default="ray_results", help="local folder or URI (s3://, gs://) for experiments (default ./ray_results)")
     o.add_argument("--name", help="experiment name (default <space>-<timestamp>); its directory is <storage>/<name>")
     o.add_argument("--resume", action="store_true", help="continue the interrupted experiment <storage>/<name>")
+    o.add_argument("--finalize", action="store_true", help="with --resume: run no more trials; test the best trial so "
+                   "far on the test users and write results.json (for a search stopped early)")
     o.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun errored trials from their last checkpoint")
     o.add_argument("--overwrite", action="store_true", help="delete an existing experiment of that name first")
     o.add_argument("--quiet", action="store_true", help="no progress lines and no trial logs")
@@ -81,6 +83,8 @@ def _check_args(args) -> None:
             raise UserError(f"--{flag.replace('_', '-')} must be {'> 0' if flag == 'cpus_per_trial' else '>= 0'}, got {v}")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if args.finalize and not args.resume:
+        raise UserError("--finalize only applies with --resume (it tests the best trial of an existing experiment)")
     if args.retry_errored and not args.resume:
         raise UserError("--retry-errored only applies with --resume")
     if args.resume:
@@ -144,6 +148,42 @@ def _delete_dir(path: str) -> None:
     fs.delete_dir(p)
 
 
+def _local_path(root: str) -> Path | None:
+    """The local folder of a storage root (a plain path or a file:// URI); None for a remote URI."""
+    if "://" not in root:
+        return Path(root)
+    if root.startswith("file://"):
+        return Path(root[len("file://"):])
+    return None
+
+
+def check_storage(root: str) -> None:
+    """Refuse, before the data is read and before Ray starts, a local --storage that cannot be written
+    (read-only, a file in the way, a full disk): a probe file is created, synced and removed there. A remote
+    URI (s3://, gs://) is not probed: that would need the network and credentials here; Ray reports it."""
+    from multivae.train_cli import check_writable_dir
+
+    local = _local_path(root)
+    if local is not None:
+        check_writable_dir(local, "--storage")
+
+
+def check_replaceable(exp_path: str) -> None:
+    """--overwrite deletes only an experiment directory that `tuning.run` made: a real directory (not a link)
+    holding RUN_META. Anything else at that path is refused, never deleted."""
+    import pyarrow.fs
+
+    local = _local_path(exp_path)
+    if local is not None and local.is_symlink():
+        raise UserError(f"{exp_path}: is a symbolic link, not an experiment directory; refusing to delete it with --overwrite")
+    fs, p = _fs(exp_path)
+    if fs.get_file_info(p).type != pyarrow.fs.FileType.Directory:
+        raise UserError(f"{exp_path}: exists and is not a directory; refusing to delete it with --overwrite")
+    if not _exists(_join(exp_path, RUN_META)):
+        raise UserError(f"{exp_path}: not an experiment directory of tuning.run (no {RUN_META}); refusing to delete it "
+                        f"with --overwrite: choose another --name or remove it yourself")
+
+
 # --- Ray, Optuna, the Tuner ----------------------------------------------------------------------------
 
 def cluster_address(args) -> str | None:
@@ -170,21 +210,28 @@ def _start_ray(args) -> bool:
     return True
 
 
-def open_optuna_storage(url: str, study_name: str, mode: str, *, overwrite: bool):
-    """Open the RDB storage and create the study that OptunaSearch then loads and fills (trials, per-epoch
-    values), so optuna-dashboard can follow the search: `optuna-dashboard sqlite:///study.db`."""
+def open_optuna_storage(url: str, study_name: str, *, overwrite: bool):
+    """Open the RDB storage and check the study name is free (or may be replaced); `create_study` makes the
+    study later, when the search really starts."""
     import optuna
 
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - bad URL, missing driver, unreachable database
         raise UserError(f"--optuna-storage {url}: cannot open it ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if study_name in {s.study_name for s in storage.get_all_studies()} and not overwrite:
+        raise UserError(f"--optuna-storage {url}: a study named {study_name!r} exists already; pass --overwrite to replace it")
+    return storage
+
+
+def create_study(storage, study_name: str, mode: str) -> None:
+    """Create (replacing one of that name) the study that OptunaSearch then loads and fills (trials, per-epoch
+    values), so optuna-dashboard can follow the search: `optuna-dashboard sqlite:///study.db`."""
+    import optuna
+
     if study_name in {s.study_name for s in storage.get_all_studies()}:
-        if not overwrite:
-            raise UserError(f"--optuna-storage {url}: a study named {study_name!r} exists already; pass --overwrite to replace it")
         optuna.delete_study(study_name=study_name, storage=storage)
     optuna.create_study(storage=storage, study_name=study_name, direction="maximize" if mode == "max" else "minimize")
-    return storage
 
 
 def build_tuner(space, split, args, name: str, root: str, exp_path: str, callbacks: Sequence[Any] = (),
@@ -214,7 +261,10 @@ def build_tuner(space, split, args, name: str, root: str, exp_path: str, callbac
     if args.resume:
         # The searcher (with its Optuna study), the scheduler, the run config and the trials come back
         # from the experiment directory; only the trainable (and with it the dataset) is given again.
-        return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=args.retry_errored)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=args.retry_errored)
+        if sched.type == "asha":
+            restore_asha_rungs(tuner, exp_path, search.metric, search.mode, sched.max_t)
+        return tuner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=search.seed)
@@ -231,6 +281,103 @@ def build_tuner(space, split, args, name: str, root: str, exp_path: str, callbac
     tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
                                   scheduler=scheduler, num_samples=search.num_samples, trial_dirname_creator=trial_dirname)
     return tune.Tuner(trainable, param_space=to_tune(space), tune_config=tune_config, run_config=run_config)
+
+
+class _TrialRef:
+    """What ASHA's bracket reads of a trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def _trial_result_rows(exp_path: str) -> dict[str, list[dict]]:
+    """Each trial's reported results (result.json, one JSON object per line), by trial id, in the order reported."""
+    import pyarrow.fs
+
+    fs, p = _fs(exp_path)
+    out: dict[str, list[dict]] = {}
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(p)):
+        if info.type != pyarrow.fs.FileType.Directory or fs.get_file_info(f"{info.path}/result.json").type == pyarrow.fs.FileType.NotFound:
+            continue
+        with fs.open_input_stream(f"{info.path}/result.json") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue   # a line cut short by a crash
+            if isinstance(row, dict) and row.get("trial_id"):
+                out.setdefault(str(row["trial_id"]), []).append(row)
+    return out
+
+
+def refill_asha_rungs(scheduler, rows_by_trial: dict[str, list[dict]], metric: str, mode: str, max_t: int) -> int:
+    """Put back into a restored ASHA scheduler the rung values its trials recorded before the interruption.
+
+    Ray pickles the Tuner's scheduler once, before the search starts (`tuner.pkl`), and never saves it again,
+    so `Tuner.restore` brings ASHA back with empty rungs: a cutoff would then be computed from the resumed
+    trials alone (no cutoff at all for the first trial at each rung), and a resumed trial already judged at a
+    rung would be judged again. Replaying every trial's reported epochs through its bracket, as ASHA saw
+    them live, records the same values (the stop decisions themselves are already in the trials' states).
+    Returns the number of values recorded."""
+    op = 1.0 if mode == "max" else -1.0
+    bracket = scheduler._brackets[0]   # tuning.run makes a single-bracket ASHA
+    before = sum(len(recorded) for _, recorded in bracket._rungs)
+    for trial_id, rows in rows_by_trial.items():
+        ref, seen = _TrialRef(trial_id), set()
+        rows = [r for r in rows if isinstance(r.get("epoch"), (int, float)) and isinstance(r.get(metric), (int, float))]
+        for row in rows:
+            if row["epoch"] in seen:
+                continue   # a trial restarted from a checkpoint reports some epochs again: the first one counts
+            seen.add(row["epoch"])
+            if row["epoch"] < max_t:   # on_trial_result: at max_t ASHA stops the trial without recording it
+                bracket.on_result(ref, row["epoch"], op * float(row[metric]))
+        if rows and rows[-1].get("done"):   # on_trial_complete: the last result once more
+            bracket.on_result(ref, rows[-1]["epoch"], op * float(rows[-1][metric]))
+    return sum(len(recorded) for _, recorded in bracket._rungs) - before
+
+
+def snapshot_trials_that_lose_their_worker() -> None:
+    """Make Tune's experiment snapshot record a trial that failed because its worker process died.
+
+    In Ray 2.60 `TuneController._schedule_trial_stop` marks a stopped trial for the next snapshot only while
+    its actor is alive; when the worker died (SIGKILL, OOM, a lost node) and no retry is left, the trial is
+    ERROR in memory but stays RUNNING in `experiment_state-*.json`, so `Tuner.restore` would resume it as
+    unfinished even without --retry-errored. This wraps the method (in this driver process only) to mark the
+    trial in every case, as it already is for any other stop."""
+    import logging
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = getattr(TuneController, "_schedule_trial_stop", None)
+    if original is None or not hasattr(TuneController, "_mark_trial_to_checkpoint"):
+        logging.getLogger(__name__).warning("this Ray version has no TuneController._schedule_trial_stop: a trial whose "
+                                            "worker died may be resumed by --resume even without --retry-errored")
+        return
+    if getattr(original, "_marks_every_stop", False):
+        return
+
+    def schedule_trial_stop(self, trial, exception=None):
+        try:
+            return original(self, trial, exception=exception)
+        finally:
+            self._mark_trial_to_checkpoint(trial)
+
+    schedule_trial_stop._marks_every_stop = True
+    TuneController._schedule_trial_stop = schedule_trial_stop
+
+
+def restore_asha_rungs(tuner, exp_path: str, metric: str, mode: str, max_t: int) -> None:
+    """`refill_asha_rungs` on the scheduler of a restored Tuner (reached through Ray's internals: a warning,
+    not an error, if a Ray version moves it)."""
+    import logging
+
+    scheduler = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
+    if not getattr(scheduler, "_brackets", None) or not hasattr(scheduler._brackets[0], "_rungs"):
+        logging.getLogger(__name__).warning("cannot reach the restored ASHA scheduler of this Ray version: its rungs "
+                                            "start empty, so the resumed trials are judged among themselves")
+        return
+    refill_asha_rungs(scheduler, _trial_result_rows(exp_path), metric, mode, max_t)
 
 
 # --- after the search ----------------------------------------------------------------------------------
@@ -337,6 +484,7 @@ class Plan:
     exp_path: str               # <root>/<name>
     meta: dict                  # RUN_META's content
     study_storage: Any = None   # an opened Optuna RDB storage (--optuna-storage, new experiments only)
+    replace: bool = False       # --overwrite of an existing experiment: deleted once the search really starts
 
 
 def plan_run(args) -> Plan:
@@ -344,6 +492,7 @@ def plan_run(args) -> Plan:
     from tuning.space import load_space, with_overrides
 
     root = storage_root(args.storage)
+    check_storage(root)
     if args.resume:
         from ray import tune
 
@@ -360,21 +509,42 @@ def plan_run(args) -> Plan:
             space_file = str(local)
         overrides = {**meta["overrides"], **({"data_dir": args.data_dir} if args.data_dir else {})}
         space = dataclasses.replace(with_overrides(load_space(space_file), **overrides), name=meta["space"])
+        check_local_resources(space, args)
         return Plan(space, args.name, root, exp_path, meta)   # OptunaSearch comes back with its study
 
     space = with_overrides(load_space(args.space or "default"), **_overrides(args))
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_local_resources(space, args)
     exp_path = _join(root, name)
-    if _exists(exp_path):
+    replace = _exists(exp_path)
+    if replace:
         if not args.overwrite:
             raise UserError(f"{exp_path}: an experiment of that name exists; pass --resume to continue it or --overwrite to replace it")
-        _delete_dir(exp_path)
-    study_storage = (open_optuna_storage(args.optuna_storage, name, space.search.mode, overwrite=args.overwrite)
-                     if args.optuna_storage else None)
+        check_replaceable(exp_path)
+    study_storage = open_optuna_storage(args.optuna_storage, name, overwrite=args.overwrite) if args.optuna_storage else None
     meta = {"space": space.name, "space_source": str(space.source), "overrides": _overrides(args),
             "optuna_storage": args.optuna_storage, "max_failures": args.max_failures,
             "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return Plan(space, name, root, exp_path, meta, study_storage)
+    return Plan(space, name, root, exp_path, meta, study_storage, replace)
+
+
+def check_local_resources(space, args) -> None:
+    """A local Ray (no --address, no RAY_ADDRESS) has this machine's GPUs and --num-cpus (or all) CPUs: a trial
+    asking for more could never start, so it is refused here, before the data is read and Ray starts."""
+    if cluster_address(args) is not None:
+        return   # the cluster's resources are checked once joined (run_search)
+    from tuning.space import validate_resources
+
+    gpus = 0
+    if space.resources.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    validate_resources(space, gpus)
+    cpus = args.num_cpus or os.cpu_count() or 1
+    if space.resources.cpus_per_trial > cpus:
+        raise UserError(f"resources.cpus_per_trial is {space.resources.cpus_per_trial:g} but the local Ray will have {cpus} "
+                        f"CPUs (pass --cpus-per-trial, or --num-cpus)")
 
 
 def run_search(plan: Plan, split, args, callbacks: Sequence[Any]):
@@ -390,6 +560,12 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any]):
         validate_resources(space, resources.get("GPU", 0))
         if space.resources.cpus_per_trial > resources.get("CPU", 0):
             raise UserError(f"cpus_per_trial={space.resources.cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+        if plan.replace:   # --overwrite: the old experiment goes only now that the new one really starts
+            _delete_dir(plan.exp_path)
+            if _exists(plan.exp_path):
+                raise UserError(f"{plan.exp_path}: could not delete the old experiment completely; remove it yourself")
+        if plan.study_storage is not None:
+            create_study(plan.study_storage, plan.name, space.search.mode)
         if not args.resume:
             source = Path(str(space.source))
             _write_text(_join(plan.exp_path, SPACE_COPY), source.read_text() if source.is_file() else _yaml(dataclasses.asdict(space)))
@@ -404,9 +580,10 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any]):
         # Ray's own console output prints its header even at verbose=0, with a TensorBoard hint that names the
         # driver's temporary staging folder; ProgressLine prints what matters, and the real path at the end.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        snapshot_trials_that_lose_their_worker()
         tuner = build_tuner(space, split, args, plan.name, plan.root, plan.exp_path, callbacks, plan.study_storage)
         t0 = time.perf_counter()
-        results = tuner.fit()
+        results = tuner.get_results() if args.finalize else tuner.fit()
         return results, time.perf_counter() - t0
     finally:
         if started_ray:
@@ -424,7 +601,8 @@ def finish(plan: Plan, split, results, args, fit_wall: float, t_start: float) ->
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped_by_asha", "errored", "unfinished")}
     counts["total"] = len(trials)
     resume_cmd = f"python -m tuning.run --resume --name {plan.name} --storage {plan.root}"
-    if counts["unfinished"] or len(trials) < space.search.num_samples:
+    finalized_early = counts["unfinished"] > 0 or len(trials) < space.search.num_samples
+    if finalized_early and not args.finalize:
         print(f"the search stopped after {len(trials)} of {space.search.num_samples} trials ({counts['unfinished']} "
               f"unfinished); continue it with: {resume_cmd}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -446,6 +624,7 @@ def finish(plan: Plan, split, results, args, fit_wall: float, t_start: float) ->
         "anneal_steps": final["anneal_steps"], "trials": counts, "search_metric": metric, "mode": mode,
         "scheduler": dataclasses.asdict(space.scheduler),
         "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": bool(args.resume),
+        "finalized_early": finalized_early and bool(args.finalize),
     } | ({"note": final["note"]} if "note" in final else {})
     _write_text(_join(exp_path, RESULTS), json.dumps(_jsonable(summary), indent=2))
     _write_text(_join(exp_path, BEST_CONFIG), _yaml({

@@ -50,6 +50,19 @@ def trial_resources() -> tuple[int | None, float]:
     return (max(1, int(cpus)) if cpus else None), float(assigned.get("GPU", 0.0))
 
 
+def trial_device(gpus: float) -> str:
+    """CUDA when Ray gave the trial a (possibly fractional) GPU and CUDA is there; Ray sees only the GPU id it
+    assigned (CUDA_VISIBLE_DEVICES), so that is `cuda`. Logical GPUs on a CPU-only node fall back to the CPU."""
+    if gpus <= 0:
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    logging.getLogger(__name__).warning("trial was given %.2f GPU but CUDA is not available; training on the CPU", gpus)
+    return "cpu"
+
+
 def trial_log_dir() -> Path:
     """Where the trial's TensorBoard run goes: the trial's working directory on the node that runs it.
 
@@ -102,7 +115,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     trial = ctx.get_trial_name() or "trial"
     model_cfg, cfg = split_trial_config(config, where=f"trial {trial}")
     threads, gpus = trial_resources()
-    cfg = dataclasses.replace(cfg, threads=threads, device="cuda" if gpus > 0 else "cpu")
+    cfg = dataclasses.replace(cfg, threads=threads, device=trial_device(gpus))
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

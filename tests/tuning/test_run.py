@@ -170,6 +170,12 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
     assert report.main([str(exp), "--out", str(tmp_path / "report_interrupted")]) == 0
     assert "unfinished" in (tmp_path / "report_interrupted" / "leaderboard.csv").read_text()
 
+    # --finalize tests the best trial so far and runs nothing more
+    assert run.main(["--resume", "--finalize", "--name", "interrupted", "--storage", str(storage), "--cache-dir", str(cache)]) == 0
+    early = json.loads((exp / run.RESULTS).read_text())
+    assert early["finalized_early"] is True and early["test"]["ndcg@100"] > 0
+    assert {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)} == before
+
     assert run.main(["--resume", "--name", "interrupted", "--storage", str(storage), "--cache-dir", str(cache)]) == 0
     after = trial_dirs(exp)
     assert len(after) == space.search.num_samples
