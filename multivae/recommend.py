@@ -73,14 +73,19 @@ def rows_from_items(item_lists: Sequence[Sequence], item_ids: np.ndarray, where:
         keep = np.unique(pos[pos >= 0])
         rows.extend([r] * len(keep))
         cols.extend(keep.tolist())
+    total = sum(len(x) for x in item_lists)
+    if total and unknown == total:
+        shown = ", ".join(str(i) for i in list(dict.fromkeys(i for items in item_lists for i in items))[:3])
+        raise UserError(f"{where}: none of its {total} item ids (e.g. {shown}) is one of the model's {len(item_ids)} items: "
+                        "a file for another dataset or item catalogue?")
     if unknown:
         print(f"{where}: {unknown} item id(s) not in the model's catalogue were ignored", file=sys.stderr)
     m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(item_lists), len(item_ids)))
     return m, [len(x) for x in item_lists]
 
 
-def _known_user_rows(checkpoint_payload: dict, users: Sequence[str], where: str) -> tuple[sp.csr_matrix, list]:
-    """Look the users up in the cached split the model was trained on."""
+def _known_user_rows(checkpoint_payload: dict, users: Sequence[str], where: str, item_ids: np.ndarray) -> tuple[sp.csr_matrix, list]:
+    """Look the users up in the cached split the model was trained on (which must still have the model's items)."""
     split_path = checkpoint_payload.get("extra", {}).get("split_path")
     if not split_path or not Path(split_path).exists():
         raise UserError(f"{where}: the processed split of this checkpoint is not available ({split_path}); "
@@ -88,6 +93,9 @@ def _known_user_rows(checkpoint_payload: dict, users: Sequence[str], where: str)
     from multivae.data.split import SplitData  # only needed on this path
 
     split = SplitData.load(split_path)
+    if split.n_items != len(item_ids) or not np.array_equal(split.item_ids.astype(str), np.asarray(item_ids).astype(str)):
+        raise UserError(f"{split_path}: this processed split has {split.n_items} items but the checkpoint {where} was trained "
+                        f"on {len(item_ids)} other or differently ordered items; pass the users' items with --items-file instead")
     sources = [(split.train_user_ids, split.train), (split.val_user_ids, split.val_fold_in), (split.test_user_ids, split.test_fold_in)]
     out_rows, found = [], []
     for u in users:
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, _ = rows_from_items(list(groups.values), item_ids, args.items_file)
         users = list(groups.index)
     else:
-        rows, users = _known_user_rows(payload, args.user, args.checkpoint)
+        rows, users = _known_user_rows(payload, args.user, args.checkpoint, item_ids)
     idx, scores = top_k(model, rows, args.k)
     for u, items, sc in zip(users, idx, scores):
         recs = [item_ids[i].item() if hasattr(item_ids[i], "item") else item_ids[i] for i in items]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +24,8 @@ from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
-from multivae.train import Callback, TrainConfig, TrainState, best_model, fit, init_state, restore_state, save_state
+from multivae.train import (Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
+                            save_state)
 
 
 def _parser() -> ArgParser:
@@ -86,6 +89,30 @@ def dataset_config_from_args(args: Any):
     return from_dict(DatasetConfig, fields, where="command line")
 
 
+def check_writable_dir(path: str | Path, label: str) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written (read-only, a file in the
+    way, a full disk): a probe file is created, synced and removed in the folder, or in its nearest existing
+    parent when the folder does not exist yet. Nothing is left behind."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{label} {path}: exists and is not a directory")
+    parent = path
+    while not parent.exists():   # exists() is False below a file too (ENOTDIR)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{label} {path}: cannot create it, {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".multivae-write-probe-", dir=parent)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{label} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
 class ProgressBar(Callback):
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         from tqdm import tqdm
@@ -146,15 +173,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
     out = Path(args.out)
     metrics_path = out / "metrics.json"
+    check_writable_dir(out, "--out")
     if (out / CHECKPOINT_NAME).exists() or metrics_path.exists():
         if not (args.resume or args.overwrite):
             raise UserError(f"{out}: a run already exists there; pass --resume to continue it or --overwrite to replace it")
     elif args.resume:
         raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
 
+    # Every flag is checked before the data is read and before --out is created: a bad value writes nothing.
     data_cfg = dataset_config_from_args(args)
+    model_cfg = cfg = None
+    if args.model != "popularity":
+        model_cfg = from_dict(ModelConfig, {
+            "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim, "dropout": args.dropout,
+            "hidden_dims": args.hidden_dims, "normalize_input": not args.no_normalize}, where="command line")
+        cfg = from_dict(TrainConfig, {
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+            "anneal_cap": args.anneal_cap, "anneal_steps": args.anneal_steps, "seed": args.seed, "device": args.device,
+            "threads": args.threads}, where="command line")
+        resolve_device(cfg.device)
     split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": split.stats(), "command": " ".join(sys.argv)}
@@ -165,13 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target),
                    "test": evaluate(score, split.test_fold_in, split.test_target)}
     else:
-        model_cfg = from_dict(ModelConfig, {
-            "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim, "dropout": args.dropout,
-            "hidden_dims": args.hidden_dims, "normalize_input": not args.no_normalize}, where="command line")
-        cfg = from_dict(TrainConfig, {
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "anneal_cap": args.anneal_cap, "anneal_steps": args.anneal_steps, "seed": args.seed, "device": args.device,
-            "threads": args.threads}, where="command line")
+        assert model_cfg is not None and cfg is not None
         t0 = time.perf_counter()
         if args.beta_star:
             sweep = train_one(split, model_cfg, dataclasses.replace(cfg, anneal_cap=1.0), out / "beta_sweep",

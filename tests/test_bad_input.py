@@ -1,0 +1,327 @@
+"""Bad input to the three CLIs, each run as a user runs it (`python -m ...` in its own process): exit code 2,
+exactly one line on stderr naming the file, key or value, no traceback, and nothing written.
+
+Categories: YAML search spaces (`tuning.run`), data files (`multivae.train --data`), command-line flags, and
+checkpoints given to `multivae.recommend`. One more case is not an error: duplicated rows are dropped with a
+warning and the run succeeds.
+
+The processes start in parallel (two at a time: each spends ~2 s of CPU importing torch), once per test
+session, for the cases the session selected; every test then checks its own case. A few extra cases, beyond
+the categories above, run in the test process through the same `run_cli` entry (same checks, no start-up).
+Each case gets its own folder; the shared input folder and the case's folder are snapshotted (path, size,
+mtime, content hash) before and after, and the output paths a case names must not appear. `--cache-dir` always points into the case's
+folder (excluded from the snapshot: a fingerprint of the source file may be cached there before the data is
+found bad), so no test touches ~/.cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).absolute().parents[1]
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+PARALLEL = 2
+TIMEOUT_S = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    module: str           # multivae.train | multivae.recommend | tuning.run
+    argv: tuple           # "{d}": the shared input folder, "{t}": the case's own folder
+    needles: tuple        # each must be in the stderr line
+    outputs: tuple = ()   # paths (templates) the command would write to: must not exist afterwards
+    in_process: bool = False   # run through run_cli in the test process (the same checks, no process start-up)
+
+
+def space_yaml(**changes) -> str:
+    """smoke.yaml with `changes` applied: "section.key" -> value (None deletes the key)."""
+    data = yaml.safe_load(SMOKE.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# name -> YAML text; each is run as `tuning.run --space {d}/<name>`
+SPACES = {
+    "syntax_error.yaml": "params:\n  lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2\nsearch: {num_samples: 2}\n",
+    "unknown_top.yaml": space_yaml(trainer={"epochs": 3}),
+    "unknown_param.yaml": space_yaml(**{"params.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.2}}),
+    "unknown_search.yaml": space_yaml(**{"search.trials": 5}),
+    "wrong_type.yaml": space_yaml(**{"fixed.batch_size": "big"}),
+    "low_gt_high.yaml": space_yaml(**{"params.dropout": {"type": "uniform", "low": 0.6, "high": 0.2}}),
+    "loguniform_zero.yaml": space_yaml(**{"params.lr": {"type": "loguniform", "low": 0.0, "high": 0.01}}),
+    "empty_choice.yaml": space_yaml(**{"params.latent_dim": {"type": "choice", "values": []}}),
+    "int_bounds.yaml": space_yaml(**{"params.latent_dim": {"type": "int", "low": 8.5, "high": 32},
+                                     "search.points_to_evaluate": None}),
+    "unknown_scheduler.yaml": space_yaml(scheduler={"type": "hyperband", "max_t": 6}),
+    "max_t_lt_grace.yaml": space_yaml(scheduler={"type": "asha", "max_t": 6, "grace_period": 8, "reduction_factor": 2}),
+    "num_samples_zero.yaml": space_yaml(**{"search.num_samples": 0}),
+    "too_many_gpus.yaml": space_yaml(**{"resources.gpus_per_trial": 64}),
+    "missing_data_file.yaml": space_yaml(dataset={"name": "file", "path": "no_such_ratings.csv", "rating_col": None}),
+}
+
+
+TUNE = ("--storage", "{t}/ray_results", "--name", "x", "--cache-dir", "{t}/cache", "--num-cpus", "2")
+# before a case's own flags, which win (argparse keeps the last): a case that wrongly got past its check
+# trains one small epoch, not 200
+TRAIN_DEFAULTS = ("--out", "{t}/run", "--cache-dir", "{t}/cache", "--quiet", "--epochs", "1", "--hidden-dims", "8", "--latent-dim", "4")
+
+
+def tune_case(name: str, *needles: str) -> Case:
+    return Case(f"space-{name.removesuffix('.yaml')}", "tuning.run", ("--space", f"{{d}}/{name}", *TUNE), (name, *needles),
+                ("{t}/ray_results",))
+
+
+def train_case(id_: str, argv: tuple, *needles: str, in_process: bool = False) -> Case:
+    return Case(id_, "multivae.train", (*TRAIN_DEFAULTS, *argv), needles, ("{t}/run",), in_process)
+
+
+def rec_case(id_: str, argv: tuple, *needles: str) -> Case:
+    return Case(id_, "multivae.recommend", argv, needles)
+
+
+CASES = [
+    # --- YAML search spaces (tuning.run): file, key path and value named; before Ray starts ---
+    tune_case("syntax_error.yaml", "invalid YAML at line"),
+    tune_case("unknown_top.yaml", "unknown key 'trainer'"),
+    tune_case("unknown_param.yaml", "unknown key 'params.learning_rate'"),
+    tune_case("unknown_search.yaml", "unknown key 'search.trials'"),
+    tune_case("wrong_type.yaml", "fixed.batch_size", "'big'"),
+    tune_case("low_gt_high.yaml", "params.dropout.low must be < high", "low=0.6, high=0.2"),
+    tune_case("loguniform_zero.yaml", "params.lr.low must be > 0 for loguniform, got 0.0"),
+    tune_case("empty_choice.yaml", "params.latent_dim.values must be a non-empty list, got []"),
+    tune_case("int_bounds.yaml", "params.latent_dim.low must be an integer, got 8.5"),
+    tune_case("unknown_scheduler.yaml", "scheduler.type must be one of asha, fifo, got 'hyperband'"),
+    tune_case("max_t_lt_grace.yaml", "scheduler.max_t must be >= grace_period (8), got 6"),
+    tune_case("num_samples_zero.yaml", "search.num_samples must be >= 1, got 0"),
+    tune_case("too_many_gpus.yaml", "resources.gpus_per_trial is 64", "GPUs are available"),
+    Case("space-missing_data_file", "tuning.run", ("--space", "{d}/missing_data_file.yaml", *TUNE),
+         ("no_such_ratings.csv: file not found",), ("{t}/ray_results",), in_process=True),
+    Case("tune-unknown-dataset", "tuning.run", ("--space", "smoke", "--dataset", "ml-99m", *TUNE), ("ml-99m", "unknown dataset name"),
+         ("{t}/ray_results",), in_process=True),
+    Case("tune-cpus-over-local", "tuning.run", ("--space", "smoke", "--cpus-per-trial", "3", *TUNE),
+         ("cpus_per_trial is 3", "2 CPUs"), ("{t}/ray_results",), in_process=True),
+
+    # --- data files (multivae.train --data) ---
+    train_case("data-missing", ("--data", "{d}/missing.csv"), "missing.csv: file not found"),
+    train_case("data-empty", ("--data", "{d}/empty.csv"), "empty.csv: file is empty"),
+    train_case("data-header-only", ("--data", "{d}/header_only.csv"), "header_only.csv: no rows (only a header)"),
+    train_case("data-no-user-column", ("--data", "{d}/no_user.csv"), "no_user.csv: no user column 'user'", "'uid'"),
+    train_case("data-no-item-column", ("--data", "{d}/good.csv", "--item-col", "movie"), "good.csv: no item column 'movie'",
+               in_process=True),
+    train_case("data-non-numeric-rating", ("--data", "{d}/bad_rating.csv"), "bad_rating.csv: column 'rating' has a non-numeric value 'five' on line 7"),
+    train_case("data-too-few-users", ("--data", "{d}/good.csv", "--heldout-users", "50"), "good.csv", "heldout_users=50",
+               "only 80 users pass the filters"),
+    train_case("data-all-filtered", ("--data", "{d}/good.csv", "--min-rating", "5"), "good.csv: every user was filtered out",
+               "min_rating=5.0"),
+
+    # --- command-line flags ---
+    train_case("cli-train-unknown-flag", ("--bogus",), "unrecognized arguments: --bogus"),
+    train_case("cli-negative-epochs", ("--data", "{d}/good.csv", "--epochs", "-3"), "--epochs must be >= 1, got -3"),
+    train_case("cli-bad-dropout", ("--data", "{d}/good.csv", "--dropout", "1.5"), "dropout must be in [0, 1), got 1.5", in_process=True),
+    rec_case("cli-k-zero", ("--checkpoint", "{d}/run", "--user", "1", "-k", "0"), "-k must be >= 1, got 0"),
+    train_case("cli-unknown-dataset", ("--dataset", "ml-99m"), "unknown dataset name 'ml-99m'"),
+    rec_case("cli-checkpoint-dir-missing", ("--checkpoint", "{t}/no_such_run", "--user", "1"), "no_such_run", "checkpoint not found"),
+    train_case("cli-out-below-a-file", ("--data", "{d}/good.csv", "--out", "{d}/good.csv/run"), "good.csv is not a directory", in_process=True),
+
+    # --- checkpoints given to recommend ---
+    rec_case("ckpt-truncated", ("--checkpoint", "{d}/truncated.pt", "--user", "1"), "truncated.pt: not a readable checkpoint"),
+    rec_case("ckpt-other-torch-file", ("--checkpoint", "{d}/other.pt", "--user", "1"), "other.pt: not a multivae checkpoint"),
+    rec_case("ckpt-untrusted-pickle", ("--checkpoint", "{d}/evil.pt", "--user", "1"), "evil.pt: refused to load", "weights_only=True"),
+    rec_case("ckpt-weights-for-other-item-count", ("--checkpoint", "{d}/more_items.pt", "--user", "1"),
+             "more_items.pt: weights do not match the model config"),
+    rec_case("ckpt-split-with-other-items", ("--checkpoint", "{d}/other_split.pt", "--user", "1"),
+             "other_split.npz: this processed split has 200 items", "other_split.pt"),
+    rec_case("ckpt-new-users-of-other-items", ("--checkpoint", "{d}/run", "--items-file", "{d}/other_items.csv"),
+             "other_items.csv: none of its 6 item ids", "10001"),
+]
+assert len({c.id for c in CASES}) == len(CASES)
+
+
+class Evil:
+    """Unpickling this would create a folder: weights_only=True must refuse it before anything runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def interactions(n_users: int, n_items: int, per_user: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [(u, int(i), int(rng.integers(4, 6))) for u in range(1, n_users + 1)
+            for i in rng.choice(n_items, per_user, replace=False)]
+    return pd.DataFrame(rows, columns=["user", "item", "rating"])
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("MULTIVAE_", "RAY_ADDRESS"))}
+    e["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return e
+
+
+def run_module(module: str, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "dir"
+        out[str(p.relative_to(root))] = (st.st_size if digest != "dir" else 0, st.st_mtime_ns if digest != "dir" else 0, digest)
+    return out
+
+
+def make_inputs(d: Path) -> SimpleNamespace:
+    """The shared inputs: data files, a trained run (from a file with duplicated rows), damaged checkpoints."""
+    import torch
+
+    from multivae.checkpoint import CHECKPOINT_NAME
+    from tests.multivae.helpers import small_split
+
+    good = interactions(80, 60, 10)
+    good.to_csv(d / "good.csv", index=False)
+    pd.concat([good, good.iloc[:7]]).to_csv(d / "with_duplicates.csv", index=False)
+    (d / "empty.csv").write_bytes(b"")
+    (d / "header_only.csv").write_text("user,item,rating\n")
+    good.rename(columns={"user": "uid"}).to_csv(d / "no_user.csv", index=False)
+    bad = good.astype({"rating": object})
+    bad.loc[5, "rating"] = "five"
+    bad.to_csv(d / "bad_rating.csv", index=False)
+    pd.DataFrame({"user": [1, 1, 1, 2, 2, 2], "item": [10001, 10002, 10003, 10004, 10005, 10006]}).to_csv(d / "other_items.csv", index=False)
+    for name, text in SPACES.items():
+        (d / name).write_text(text)
+
+    # the duplicated-rows case is the run the checkpoint cases start from
+    dup = run_module("multivae.train", ["--data", str(d / "with_duplicates.csv"), "--out", str(d / "run"), "--cache-dir",
+                                        str(d / "cache"), "--epochs", "1", "--batch-size", "64", "--hidden-dims", "16",
+                                        "--latent-dim", "8", "--quiet"])
+    ckpt = d / "run" / CHECKPOINT_NAME
+    if dup.returncode != 0:
+        return SimpleNamespace(dup=dup, ckpt=ckpt)
+    payload = torch.load(ckpt, weights_only=True)
+    n_items = payload["n_items"]
+    (d / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    torch.save({"weights": torch.zeros(3)}, d / "other.pt")
+    torch.save({"format": "multivae-checkpoint", "version": 1, "x": Evil(d / "pwned")}, d / "evil.pt")
+    torch.save({**payload, "n_items": n_items + 5}, d / "more_items.pt")
+    small_split().save(d / "other_split.npz")   # another dataset's processed split: 200 items
+    torch.save({**payload, "extra": {**payload["extra"], "split_path": str(d / "other_split.npz")}}, d / "other_split.pt")
+    return SimpleNamespace(dup=dup, ckpt=ckpt, n_items=n_items)
+
+
+def fill(template: str, d: Path, t: Path) -> str:
+    return template.replace("{d}", str(d)).replace("{t}", str(t))
+
+
+@pytest.fixture(scope="session")
+def outcomes(request, tmp_path_factory):
+    """Run every selected case once (PARALLEL at a time); case id -> what happened."""
+    wanted = {item.callspec.params["case"].id for item in request.session.items
+              if item.module.__name__ == __name__ and hasattr(item, "callspec") and "case" in item.callspec.params}
+    d = tmp_path_factory.mktemp("bad_input")
+    inputs = make_inputs(d)
+    before = snapshot(d, skip=(d / "cache",))
+
+    def one(case: Case) -> SimpleNamespace:
+        t = tmp_path_factory.mktemp(case.id)
+        (t / "keep.txt").write_text("a file the command must leave alone\n")
+        t_before = snapshot(t)
+        proc = run_module(case.module, [fill(a, d, t) for a in case.argv])
+        return SimpleNamespace(proc=proc, t_before=t_before, t_after=snapshot(t, skip=(t / "cache",)),
+                               leftovers=[fill(o, d, t) for o in case.outputs if Path(fill(o, d, t)).exists()], d=d, t=t)
+
+    results = {}
+    todo = [c for c in CASES if c.id in wanted and not c.in_process]
+    if inputs.dup.returncode == 0:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            results = dict(zip([c.id for c in todo], pool.map(one, todo)))
+    return SimpleNamespace(inputs=inputs, cases=results, d=d, before=before, after=snapshot(d, skip=(d / "cache",)))
+
+
+def run_in_process(case: Case, d: Path, t: Path, capsys) -> SimpleNamespace:
+    from multivae import recommend, train_cli
+    from multivae.errors import run_cli
+    from tuning import run
+
+    main, prog = {"multivae.train": (train_cli.main, "multivae.train"), "multivae.recommend": (recommend.main, "multivae.recommend"),
+                  "tuning.run": (run.main, "python -m tuning.run")}[case.module]
+    (t / "keep.txt").write_text("a file the command must leave alone\n")
+    t_before = snapshot(t)
+    capsys.readouterr()
+    rc = run_cli(main, [fill(a, d, t) for a in case.argv], prog=prog)
+    out = capsys.readouterr()
+    return SimpleNamespace(proc=subprocess.CompletedProcess(case.module, rc, out.out, out.err), t_before=t_before,
+                           t_after=snapshot(t, skip=(t / "cache",)),
+                           leftovers=[fill(o, d, t) for o in case.outputs if Path(fill(o, d, t)).exists()])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(outcomes, case, tmp_path, capsys, monkeypatch):
+    assert outcomes.inputs.dup.returncode == 0, outcomes.inputs.dup.stderr
+    if case.in_process:
+        monkeypatch.chdir(REPO)
+        got = run_in_process(case, outcomes.d, tmp_path, capsys)
+    else:
+        got = outcomes.cases[case.id]
+    proc = got.proc
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].strip(), proc.stderr
+    assert "Traceback" not in proc.stderr and "error: " in lines[0]
+    for needle in case.needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert proc.stdout == "", proc.stdout
+    assert got.leftovers == []                       # no output folder created
+    assert got.t_after == got.t_before               # nothing in the case's folder written or changed
+    assert not (outcomes.d / "pwned").exists()       # the untrusted pickle never ran
+
+
+def test_inputs_were_left_alone(outcomes):
+    assert outcomes.after == outcomes.before
+
+
+def test_duplicated_rows_are_dropped_with_a_warning(outcomes):
+    """Not an error: the first of each duplicated (user, item) row is kept, the user is told, the run succeeds."""
+    dup = outcomes.inputs.dup
+    assert dup.returncode == 0, dup.stderr
+    assert "Traceback" not in dup.stderr
+    warnings = [line for line in dup.stderr.splitlines() if "duplicated" in line]
+    assert warnings == ["warning: file: 7 duplicated (user, item) rows were dropped (the first of each kept)"]
+    metrics = json.loads((outcomes.d / "run" / "metrics.json").read_text())
+    assert metrics["split"]["interactions"] == 80 * 10   # 807 rows, each (user, item) once
+    assert outcomes.inputs.ckpt.exists()
+
+
+def test_multivae_clis_never_import_ray_or_optuna():
+    """The core CLIs start fast and alone: neither Ray nor Optuna is imported (nor TensorBoard)."""
+    code = ("import sys, multivae.train, multivae.train_cli, multivae.recommend, multivae.data; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna', 'tensorboard')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

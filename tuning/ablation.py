@@ -1,0 +1,680 @@
+"""Ablations: test every trial of an experiment and measure what answers a MultiVAE design question.
+
+    python -m tuning.ablation runs/ablations/annealing runs/ablations/annealing_betastar --kind annealing --data-dir DIR
+    python -m tuning.ablation runs/ablations/annealing --kind inference --data-dir DIR
+    python -m tuning.ablation runs/ablations/likelihood --also runs/ablations/annealing --kind likelihood --data-dir DIR
+    python -m tuning.ablation runs/ablations/budget_final --search runs/ablations/budget_vae runs/ablations/budget_dae \
+        --kind budget --data-dir DIR
+
+Per trial: the best-by-validation weights (`best_model`) of its last checkpoint, tested on the held-out test
+users as `tuning.run` tests the best trial (z = mu), and
+  kl_end            the KL term (unweighted; mean over the last epoch's training batches) at the end of training
+  active units      per latent dimension, the variance over the test users of mu (fold-in input, eval mode);
+                    a unit is active when that variance is > 0.01 (Burda et al., 2016); and the mean variance
+  sampled z         the test metrics with z = mu + eps * sigma (one draw per user), and ranked by the mean over
+                    10 draws of the likelihood's mean (softmax probabilities for the multinomial)
+  activity quintile test NDCG@100 per fifth of the test users ranked by fold-in size
+Trials are grouped into levels by their configuration without the seed; every measure is averaged over the
+seeds of a level (mean and sample standard deviation). The experiments named first must differ only in the
+kind's factors (and the seed); those given with --also contribute only the trials whose other settings are
+those of the first experiment (the paper's configuration is trained once and shared that way).
+
+Writes `ablation.json` (a section per kind run on that experiment) and `ablation.md` into the first experiment
+directory, and `docs/ablations/<kind>.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from multivae.batch import SparseBatch
+from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from multivae.errors import ArgParser, UserError, run_cli
+from multivae.evaluate import DEFAULT_METRICS, ScoreFn, model_scorer, per_user_metrics, popularity_scorer, summarize
+from multivae.model import MultiVAE, build_model, kl_divergence
+from multivae.train import batches_per_epoch, configs_from_payload
+
+KINDS = ("likelihood", "annealing", "inference", "input", "budget")
+# The settings each kind varies besides the seed (None: any; the budget ablation compares searched models).
+FACTORS: dict[str, tuple[str, ...] | None] = {
+    "likelihood": ("likelihood",),
+    "annealing": ("anneal_cap", "anneal_steps"),
+    "inference": ("anneal_cap", "anneal_steps"),
+    "input": ("normalize_input", "dropout"),
+    "budget": None,
+}
+NOT_SETTINGS = ("seed", "device", "threads")   # never part of a level
+ACTIVE_THRESHOLD = 0.01                        # Burda et al. (2016): Cov_x(E_q[z_d]) > 0.01
+N_GROUPS = 5                                   # activity quintiles
+N_SAMPLES = 10                                 # draws of z for the averaged ranking
+SAMPLE_SEED = 0                                # the draws are reproducible
+INFERENCE_MODES = {"mu": "z = mu", "sample": "z sampled (1 draw)", "mean10": "mean of 10 draws"}
+DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "ablations"
+MEASURES = ("ndcg@100", "recall@20", "recall@50", "kl_end", "kl_weight_end", "kl_test", "active_units", "mean_variance",
+            "best_epoch", "beta_at_best", "val_ndcg@100", "train_time_s")
+
+
+# --- measures: plain functions on models and arrays (tests call them directly) --------------------------
+
+@torch.no_grad()
+def latent_params(model: MultiVAE, fold_in, batch_size: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """mu and logvar of q(z | x) for every row of `fold_in`, in eval mode (no input dropout)."""
+    model.eval()
+    mus, logvars = [], []
+    for start in range(0, fold_in.shape[0], batch_size):
+        x = SparseBatch.from_csr(fold_in, slice(start, min(start + batch_size, fold_in.shape[0])))
+        mu, logvar = model.encode(x.to(next(model.parameters()).device))
+        mus.append(mu.cpu().numpy())
+        logvars.append(logvar.cpu().numpy())
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> dict[str, Any]:
+    """Per latent dimension the variance of mu over users (rows); active when > threshold (Burda et al.)."""
+    var = np.asarray(mu, dtype=np.float64).var(axis=0)
+    return {"active_units": int((var > threshold).sum()), "latent_dim": int(var.size),
+            "mean_variance": float(var.mean()), "variances": var.tolist()}
+
+
+def activity_groups(sizes: np.ndarray, n_groups: int = N_GROUPS) -> np.ndarray:
+    """Group of each user (0 = lightest): users ranked by size, ties in row order, cut into `n_groups`
+    groups whose sizes differ by at most one user."""
+    sizes = np.asarray(sizes)
+    if sizes.size < n_groups:
+        raise ValueError(f"{sizes.size} users cannot be cut into {n_groups} groups")
+    groups = np.empty(sizes.size, dtype=np.int64)
+    for g, rows in enumerate(np.array_split(np.argsort(sizes, kind="stable"), n_groups)):
+        groups[rows] = g
+    return groups
+
+
+def group_means(values: np.ndarray, sizes: np.ndarray, n_groups: int = N_GROUPS) -> list[dict[str, Any]]:
+    """Mean of `values` per activity group of the users that have a value (NaN: no target, left out)."""
+    values, sizes = np.asarray(values, dtype=np.float64), np.asarray(sizes)
+    keep = ~np.isnan(values)
+    values, sizes = values[keep], sizes[keep]
+    groups = activity_groups(sizes, n_groups)
+    return [{"group": g + 1, "users": int((groups == g).sum()), "min_size": int(sizes[groups == g].min()),
+             "max_size": int(sizes[groups == g].max()), "mean": float(values[groups == g].mean())} for g in range(n_groups)]
+
+
+LIKELIHOOD_MEAN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "multinomial": lambda logits: F.softmax(logits, dim=1),   # item probabilities
+    "bernoulli": torch.sigmoid,
+    "gaussian": lambda logits: logits,
+}
+
+
+def sampled_scorer(model: MultiVAE, n_samples: int = 1, seed: int = SAMPLE_SEED) -> ScoreFn:
+    """Scores with z drawn from q(z | x) (eval mode otherwise: no dropout). One draw: the logits of that z;
+    several: the mean over the draws of the likelihood's mean (softmax probabilities for the multinomial)."""
+    if not isinstance(model, MultiVAE):
+        raise ValueError("sampled z needs a Mult-VAE (a Mult-DAE has no q(z | x))")
+    mean_of = LIKELIHOOD_MEAN[model.config.likelihood]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+    def draw(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return model.decode(mu + std * torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype))
+
+    def score(x: SparseBatch) -> torch.Tensor:
+        model.eval()
+        mu, logvar = model.encode(x)
+        std = torch.exp(0.5 * logvar)
+        if n_samples == 1:
+            return draw(mu, std)
+        return torch.stack([mean_of(draw(mu, std)) for _ in range(n_samples)]).mean(dim=0)
+    return score
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of the finite values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not v.size:
+        return {"mean": None, "std": None, "n": 0, "values": list(values)}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
+            "values": [float(x) for x in v]}
+
+
+# --- an experiment's trials ---------------------------------------------------------------------------
+
+@dataclass
+class TrialRun:
+    experiment: Path
+    path: Path
+    checkpoint: Path
+    payload: dict[str, Any]
+    settings: dict[str, Any]                      # model + train config without seed, device, threads
+    seed: int
+    measures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment.name}/{self.path.name}"
+
+
+def last_checkpoint(trial_dir: Path) -> Path | None:
+    """`checkpoint_NNNNNN/checkpoint.pt` with the highest number (Tune keeps the latest ones)."""
+    found = sorted((int(m.group(1)), p) for p in trial_dir.glob(f"checkpoint_*/{CHECKPOINT_NAME}")
+                   if (m := re.fullmatch(r"checkpoint_(\d+)", p.parent.name)))
+    return found[-1][1] if found else None
+
+
+def settings_of(payload: dict[str, Any]) -> dict[str, Any]:
+    model_cfg, train_cfg = payload["model_config"], payload["train_config"]
+    return {k: v for k, v in {**model_cfg, **train_cfg}.items() if k not in NOT_SETTINGS}
+
+
+def load_trials(exp: Path) -> tuple[list[TrialRun], list[str]]:
+    """The trials of `exp` that finished training, and a line for each one that cannot be used."""
+    if not exp.is_dir():
+        raise UserError(f"{exp}: no such experiment directory")
+    trials, skipped = [], []
+    for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
+        ckpt = last_checkpoint(d)
+        if ckpt is None:
+            skipped.append(f"{exp.name}/{d.name}: no checkpoint" + (" (errored)" if (d / "error.txt").exists() else ""))
+            continue
+        payload = load_checkpoint(ckpt)
+        if payload.get("best_model") is None or int(payload["epoch"]) < int(payload["train_config"]["epochs"]):
+            skipped.append(f"{exp.name}/{d.name}: trained {payload['epoch']} of {payload['train_config']['epochs']} epochs")
+            continue
+        trials.append(TrialRun(exp, d, ckpt, payload, settings_of(payload), int(payload["train_config"]["seed"])))
+    if not trials:
+        raise UserError(f"{exp}: no finished trial with a checkpoint ({'; '.join(skipped) or 'no trial directories'})")
+    return trials, skipped
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def select_trials(main: list[TrialRun], also: list[TrialRun], kind: str) -> tuple[list[TrialRun], list[str]]:
+    """`main` (which must differ only in the kind's factors) plus the trials of `also` that match it elsewhere."""
+    factors = FACTORS[kind]
+    if factors is None:   # any settings may differ: `also` adds seeds to the levels of `main`
+        levels = [t.settings for t in main]
+        kept = [t for t in also if t.settings in levels]
+        return main + kept, [f"{len(kept)} of {len(also)} trials of {', '.join(sorted({t.experiment.name for t in also}))} "
+                             f"have the settings of a level of {main[0].experiment.name} and are included"] if also else []
+    ref = main[0]
+    for t in main[1:]:
+        extra = [k for k in differences(ref.settings, t.settings) if k not in factors]
+        if extra:
+            raise UserError(f"{t.name} differs from {ref.name} in {', '.join(extra)}, which the {kind} ablation does not "
+                            f"vary (its factors: {', '.join(factors)}); give that experiment with --also instead")
+    kept, notes = list(main), []
+    for t in also:
+        if any(k not in factors for k in differences(ref.settings, t.settings)):
+            continue
+        kept.append(t)
+    n_also = len(kept) - len(main)
+    if also:
+        notes.append(f"{n_also} of {len(also)} trials of {', '.join(sorted({t.experiment.name for t in also}))} have every "
+                     f"setting but {', '.join(factors)} equal to {ref.experiment.name}'s and are included")
+    return kept, notes
+
+
+def load_split(experiments: Sequence[Path], data_dir: str | None, cache_dir: str | None):
+    """The dataset the experiments were run on (they must share it), from its processed cache."""
+    from multivae.data import load_dataset
+    from tuning.run import SPACE_COPY
+    from tuning.space import load_space
+
+    datasets = []
+    for exp in experiments:
+        copy = exp / SPACE_COPY
+        if not copy.exists():
+            raise UserError(f"{exp}: no {SPACE_COPY} (not an experiment written by tuning.run)")
+        datasets.append(load_space(str(copy)).dataset)
+    if any(d != datasets[0] for d in datasets[1:]):
+        raise UserError(f"the experiments were run on different datasets: {', '.join(str(e) for e in experiments)}")
+    cfg = dataclasses.replace(datasets[0], data_dir=data_dir) if data_dir else datasets[0]
+    return load_dataset(cfg, cache_dir=cache_dir, verbose=False)
+
+
+# --- measuring a trial ----------------------------------------------------------------------------------
+
+def measure(trial: TrialRun, split, metrics: Sequence[str] = DEFAULT_METRICS, sampled: bool = False) -> dict[str, Any]:
+    """Every measure of one trial (see the module doc); `sampled` adds the sampled-z evaluations."""
+    p = trial.payload
+    if p.get("item_ids") is not None and list(p["item_ids"]) != split.item_ids.tolist():
+        raise UserError(f"{trial.checkpoint}: its item ids are not the dataset's (another split?)")
+    model_cfg, train_cfg = configs_from_payload(p, str(trial.checkpoint))
+    model = build_model(int(p["n_items"]), model_cfg)
+    model.load_state_dict(p["best_model"])
+    model.eval()
+    fold_in, target = split.test_fold_in, split.test_target
+    per_user = per_user_metrics(model_scorer(model), fold_in, target, metrics, train_cfg.eval_batch_size)
+    last, best = p["history"][-1], p["best"]
+    out: dict[str, Any] = {
+        **{m: v for m, v in summarize(per_user).items() if not m.endswith("_se")},
+        "kl_end": float(last["kl"]), "kl_weight_end": float(last["kl_weight"]),
+        "best_epoch": int(best["epoch"]), "beta_at_best": float(best["kl_weight"]),
+        "val_ndcg@100": float(best["val"]["ndcg@100"]) if "ndcg@100" in best.get("val", {}) else float(best["value"]),
+        "train_time_s": float(sum(r["epoch_time_s"] + r["eval_time_s"] for r in p["history"])),
+        "quintiles": group_means(per_user["ndcg@100"], np.diff(fold_in.indptr)) if "ndcg@100" in per_user else None,
+        "curves": {k: [r[k] for r in p["history"]] for k in ("ndcg@100", "kl", "kl_weight")},
+    }
+    if isinstance(model, MultiVAE):
+        mu, logvar = latent_params(model, fold_in, train_cfg.eval_batch_size)
+        units = active_units(mu)
+        out |= {"active_units": units["active_units"], "mean_variance": units["mean_variance"],
+                "unit_variances": units["variances"],
+                "kl_test": float(kl_divergence(torch.from_numpy(mu), torch.from_numpy(logvar)))}
+        if sampled:
+            for mode, scorer in (("sample", sampled_scorer(model, 1)), ("mean10", sampled_scorer(model, N_SAMPLES))):
+                res = summarize(per_user_metrics(scorer, fold_in, target, metrics, train_cfg.eval_batch_size))
+                out[mode] = {m: res[m] for m in metrics}
+    return out
+
+
+# --- levels: trials grouped by settings, aggregated over seeds ---------------------------------------------
+
+def level_label(kind: str, s: dict[str, Any], n_train_users: int, beta_star: float | None = None) -> str:
+    if kind in ("annealing", "inference"):
+        cap, steps = s["anneal_cap"], s["anneal_steps"]
+        if steps == 0:
+            return f"β = {cap:g} fixed"
+        if beta_star is not None and math.isclose(cap, beta_star):
+            return f"annealed to β* = {cap:g}"
+        total = s["epochs"] * batches_per_epoch(n_train_users, s["batch_size"])
+        end = min(cap, cap * total / steps)
+        return f"annealed to {cap:g}" if end >= cap else f"annealed toward {cap:g} (β reaches {end:.3f})"
+    if kind == "likelihood":
+        return s["likelihood"]
+    if kind == "input":
+        return f"L2 norm {'on' if s['normalize_input'] else 'off'}, dropout {s['dropout']:g}"
+    return f"Mult-{s['model'].upper()} (lr {s['lr']:.2g}, dropout {s['dropout']:.2f})"
+
+
+LEVEL_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {   # the table's row order (else: first appearance)
+    "likelihood": lambda s: ("multinomial", "bernoulli", "gaussian").index(s["likelihood"]),
+    "input": lambda s: (not s["normalize_input"], s["dropout"]),
+    "budget": lambda s: s["model"] != "vae",
+}
+
+
+def group_levels(trials: list[TrialRun], kind: str | None = None) -> list[list[TrialRun]]:
+    """Trials with equal settings, each level sorted by seed; levels in the kind's order, else as they come."""
+    levels: dict[str, list[TrialRun]] = {}
+    for t in trials:
+        levels.setdefault(json.dumps(t.settings, sort_keys=True), []).append(t)
+    out = [sorted(ts, key=lambda t: t.seed) for ts in levels.values()]
+    return sorted(out, key=lambda ts: LEVEL_ORDER[kind](ts[0].settings)) if kind in LEVEL_ORDER else out
+
+
+def aggregate(level: list[TrialRun], metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, Any]:
+    """Mean and sample std over the seeds of a level, of every measure the trials have."""
+    ms = [t.measures for t in level]
+    out: dict[str, Any] = {k: mean_std([m[k] for m in ms]) for k in MEASURES if all(k in m for m in ms)}
+    for mode in ("sample", "mean10"):
+        if all(mode in m for m in ms):
+            out[mode] = {k: mean_std([m[mode][k] for m in ms]) for k in metrics}
+    if all(m.get("quintiles") for m in ms):
+        q0 = ms[0]["quintiles"]
+        out["quintiles"] = [{**{k: q0[g][k] for k in ("group", "users", "min_size", "max_size")},
+                             "ndcg@100": mean_std([m["quintiles"][g]["mean"] for m in ms])} for g in range(len(q0))]
+    curves = [m["curves"] for m in ms]
+    n = min(len(c["ndcg@100"]) for c in curves)
+    out["curves"] = {k: np.mean([c[k][:n] for c in curves], axis=0).tolist() for k in curves[0]}
+    return out
+
+
+def beta_star(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paper's β*: in the run annealed toward the largest cap (a cap that training never reaches), the β at
+    the best epoch of the seed-averaged validation NDCG@100 curve (and each seed's own `beta_at_best`); None
+    without such a run."""
+    annealed = [lv for lv in levels if lv["settings"]["anneal_steps"] > 0   # annealed, and the cap never reached
+                and lv["summary"]["curves"]["kl_weight"][-1] < lv["settings"]["anneal_cap"]]
+    if not annealed:
+        return None
+    lv = max(annealed, key=lambda lv: lv["settings"]["anneal_cap"])
+    s, curves = lv["settings"], lv["summary"]["curves"]
+    epoch = int(np.argmax(curves["ndcg@100"]))
+    beta = float(curves["kl_weight"][epoch])
+    slope = s["anneal_cap"] / s["anneal_steps"]   # β per update
+    cap = round(beta, 3)
+    return {"level": levels.index(lv), "epoch": epoch + 1, "beta": beta, "val_ndcg@100": float(curves["ndcg@100"][epoch]),
+            "per_seed_beta_at_best": lv["summary"]["beta_at_best"]["values"],
+            "stage2": {"anneal_cap": cap, "anneal_steps": round(cap / slope)}}
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+def fmt(stat: dict[str, Any] | None, digits: int = 4) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    if stat["n"] < 2:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def render(kind: str, result: dict[str, Any]) -> str:
+    """The markdown section of one kind."""
+    levels, metrics = result["levels"], result["metrics"]
+    base = ["level", "seeds", *[m.replace("ndcg", "NDCG").replace("recall", "Recall") for m in metrics]]
+
+    def common(lv: dict[str, Any]) -> list[str]:
+        return [lv["label"], str(lv["summary"]["ndcg@100"]["n"]), *(fmt(lv["summary"][m]) for m in metrics)]
+
+    if kind == "annealing":
+        body = table([*base, "KL at end (train)", "β at end", "active units (of 200)", "mean var(mu)", "best epoch",
+                      "β at best"],
+                     [[*common(lv), fmt(s.get("kl_end"), 1), fmt(s.get("kl_weight_end"), 3), fmt(s.get("active_units"), 1),
+                       fmt(s.get("mean_variance"), 4), fmt(s.get("best_epoch"), 1), fmt(s.get("beta_at_best"), 3)]
+                      for lv in levels for s in [lv["summary"]]])
+        bs = result.get("beta_star")
+        if bs:
+            body += (f"\n\nβ* (paper's recipe) from '{bs['level']}': the seed-averaged validation NDCG@100 peaks at epoch "
+                     f"{bs['epoch']} ({bs['val_ndcg@100']:.4f}) where β = {bs['beta']:.4f} (per seed β at the best epoch: "
+                     f"{', '.join(f'{b:.3f}' for b in bs['per_seed_beta_at_best'])}); stage 2 retrains with anneal_cap "
+                     f"{bs['stage2']['anneal_cap']}, anneal_steps {bs['stage2']['anneal_steps']} (the same slope).")
+    elif kind == "inference":
+        rows = []
+        for lv in levels:
+            s = lv["summary"]
+            for mode, name in INFERENCE_MODES.items():
+                src = s if mode == "mu" else s.get(mode, {})
+                rows.append([lv["label"], name, str(s["ndcg@100"]["n"]), *(fmt(src.get(m)) for m in metrics)])
+        body = table(["level", "inference", "seeds", *base[2:]], rows)
+    elif kind == "input":
+        q = next((lv["summary"]["quintiles"] for lv in levels if lv["summary"].get("quintiles")), None) or []
+        qh = [f"Q{g['group']} ({g['min_size']}–{g['max_size']} items)" for g in q]
+        body = table([*base, *[f"NDCG@100 {h}" for h in qh]],
+                     [[*common(lv), *(fmt(g["ndcg@100"]) for g in lv["summary"]["quintiles"])] for lv in levels])
+        body += ("\n\nQuintiles: the test users ranked by fold-in size (ties in user order), cut into 5 groups of "
+                 f"{q[0]['users'] if q else '?'} users; NDCG@100 averaged inside each group, then over seeds.")
+    elif kind == "budget":
+        rows = [[*common(lv), fmt(lv["summary"]["val_ndcg@100"]), fmt(lv["summary"]["best_epoch"], 1)] for lv in levels]
+        pop = result.get("popularity")
+        if pop:
+            rows.append(["popularity (nothing to tune)", "—", *(f"{pop[m]:.4f}" for m in metrics), "—", "—"])
+        body = table([*base, "val NDCG@100", "best epoch"], rows)
+        for name, search in result.get("searches", {}).items():
+            body += f"\n\nSearch `{name}` ({len(search)} trials, validation only):\n\n" + table(
+                ["trial", "lr", "dropout", "best val NDCG@100", "best epoch"],
+                [[t["trial"], f"{t['lr']:.3g}", f"{t['dropout']:.3f}", f"{t['val_ndcg@100']:.4f}", str(t["best_epoch"])]
+                 for t in search])
+    else:
+        body = table([*base, "val NDCG@100", "best epoch", "KL at end (train)"],
+                     [[*common(lv), fmt(lv["summary"]["val_ndcg@100"]), fmt(lv["summary"]["best_epoch"], 1),
+                       fmt(lv["summary"].get("kl_end"), 1)] for lv in levels])
+    cmds = "\n".join(f"    {c}" for c in [*result["run_commands"], result["command"]])
+    walls = ", ".join(f"{k} {v / 60:.1f} min" if v is not None else f"{k} ?" for k, v in result["wall_time_s"].items())
+    notes = "".join(f"\n- {n}" for n in result["notes"])
+    return (f"## {kind}\n\n{body}\n\nMean ± sample std over seeds; test users of the paper's split. Wall time of the "
+            f"searches: {walls}. Plot: `{result['plot']}`.{notes}\n\nCommands:\n\n{cmds}\n")
+
+
+def plot(kind: str, result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels, metrics = result["levels"], result["metrics"]
+    labels = [lv["label"] for lv in levels]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def bars(ax, series: list[tuple[str, list[dict]]], groups: list[str], title: str, ylabel: str) -> None:
+        """Grouped bars: one group per entry of `groups`, one bar per series (mean ± std, seeds as dots)."""
+        width = 0.8 / len(series)
+        for i, (name, stats) in enumerate(series):
+            x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+            means = [s["mean"] if s and s.get("mean") is not None else np.nan for s in stats]
+            stds = [s["std"] if s and s.get("std") is not None else 0 for s in stats]
+            ax.bar(x, means, width, yerr=stds, capsize=3, label=name, color=colors[i % len(colors)], alpha=0.85)
+            for xi, s in zip(x, stats):
+                if s and s.get("values"):
+                    ax.plot([xi] * len(s["values"]), s["values"], "k.", ms=3)
+        ax.set_xticks(np.arange(len(groups)), groups)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+
+    def zoom(ax, values: list[float], pad: float = 0.15) -> None:
+        lo, hi = min(values), max(values)
+        ax.set_ylim(max(0.0, lo - pad * (hi - lo + 1e-3) - 0.02), hi + pad * (hi - lo + 1e-3) + 0.01)
+
+    if kind == "likelihood" or kind == "budget":
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        series = [(lv["label"], [lv["summary"][m] for m in metrics]) for lv in levels]
+        if kind == "budget" and result.get("popularity"):
+            series.append(("popularity", [{"mean": result["popularity"][m], "std": 0.0, "values": []} for m in metrics]))
+        bars(ax, series, [m.replace("ndcg", "NDCG").replace("recall", "Recall") for m in metrics],
+             f"{'Likelihood' if kind == 'likelihood' else 'Same search budget'}: test metrics (mean ± std over seeds)", "test")
+        ax.legend(fontsize=8)
+    elif kind == "annealing":
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        for i, lv in enumerate(levels):
+            c = lv["summary"]["curves"]
+            ep = np.arange(1, len(c["ndcg@100"]) + 1)
+            style = dict(color=colors[i % len(colors)], ls=("-", "--", "-.", ":")[i % 4], label=lv["label"])
+            axes[0].plot(ep, c["ndcg@100"], **style)   # dashes: the annealed runs coincide until one stops rising
+            axes[1].plot(ep, c["kl"], **style)
+        axes[0].set(title="validation NDCG@100 (mean over seeds)", xlabel="epoch", ylabel="NDCG@100")
+        tails = [v for lv in levels for v in lv["summary"]["curves"]["ndcg@100"][len(ep) // 10:]]
+        axes[0].set_ylim(min(tails) - 0.01, max(tails) + 0.005)   # the first epochs' climb would flatten the rest
+        axes[1].set(title="KL term (training batches, unweighted)", xlabel="epoch", ylabel="KL", yscale="log")
+        axes[0].legend(fontsize=7)
+        x = np.arange(len(levels))
+        au = [lv["summary"]["active_units"] for lv in levels]
+        axes[2].bar(x, [a["mean"] for a in au], yerr=[a["std"] for a in au], capsize=3,
+                    color=[colors[i % len(colors)] for i in range(len(levels))])
+        dims = levels[0]["per_seed"][0].get("latent_dim") or levels[0]["settings"]["latent_dim"]
+        for xi, lv in zip(x, levels):
+            axes[2].text(xi, 0.02 * dims, (f"test NDCG\n{lv['summary']['ndcg@100']['mean']:.3f}\nmean var\n"
+                                                f"{lv['summary']['mean_variance']['mean']:.3f}"), ha="center", fontsize=8)
+        axes[2].set_xticks(x, [lb.replace(" (", "\n(") for lb in labels], fontsize=7)
+        axes[2].set_ylim(0, dims)
+        axes[2].set(title="active units (var of mu over test users > 0.01)", ylabel=f"of {dims}")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+    elif kind == "inference":
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        series = [(name, [lv["summary"]["ndcg@100"] if mode == "mu" else lv["summary"].get(mode, {}).get("ndcg@100")
+                          for lv in levels]) for mode, name in INFERENCE_MODES.items()]
+        bars(ax, series, [lb.replace(" (", "\n(") for lb in labels], "z = mu vs sampled z at inference", "test NDCG@100")
+        zoom(ax, [s["mean"] for _, ss in series for s in ss if s and s.get("mean") is not None])
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(fontsize=8)
+    elif kind == "input":
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        q = levels[0]["summary"]["quintiles"]
+        qx = np.arange(1, len(q) + 1)
+        qlabels = [f"Q{g['group']}\n{g['min_size']}–{g['max_size']}" for g in q]
+        dropouts = sorted({lv["settings"]["dropout"] for lv in levels})
+        by = {(lv["settings"]["normalize_input"], lv["settings"]["dropout"]): lv for lv in levels}
+        for ax, norm in zip(axes[:2], (True, False)):
+            for i, d in enumerate(dropouts):
+                lv = by.get((norm, d))
+                if lv is None:
+                    continue
+                m = [g["ndcg@100"]["mean"] for g in lv["summary"]["quintiles"]]
+                s = [g["ndcg@100"]["std"] for g in lv["summary"]["quintiles"]]
+                ax.errorbar(qx, m, yerr=s, capsize=3, marker="o", color=colors[i], label=f"dropout {d:g}")
+            ax.set(title=f"L2 normalization {'on' if norm else 'off'}", xlabel="activity quintile (fold-in items)",
+                   ylabel="test NDCG@100")
+            ax.set_xticks(qx, qlabels, fontsize=8)
+        lo = min(min(ax.get_ylim()[0] for ax in axes[:2]), 1)
+        hi = max(ax.get_ylim()[1] for ax in axes[:2])
+        for ax in axes[:2]:
+            ax.set_ylim(lo, hi)
+            ax.legend(fontsize=8)
+        for i, d in enumerate(dropouts):
+            on, off = by.get((True, d)), by.get((False, d))
+            if on and off:
+                diff = [a["ndcg@100"]["mean"] - b["ndcg@100"]["mean"] for a, b in zip(on["summary"]["quintiles"],
+                                                                                   off["summary"]["quintiles"])]
+                axes[2].plot(qx, diff, marker="o", color=colors[i], label=f"dropout {d:g}")
+        axes[2].axhline(0, color="k", lw=0.8)
+        axes[2].set(title="normalization on − off", xlabel="activity quintile", ylabel="Δ test NDCG@100")
+        axes[2].set_xticks(qx, qlabels, fontsize=8)
+        axes[2].legend(fontsize=8)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+    else:
+        raise ValueError(kind)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+def run_command(exp: Path) -> tuple[str, float | None]:
+    """How tuning.run was started for `exp` (tuning_run.json), and its total wall time (results.json)."""
+    from tuning.run import RESULTS, RUN_META
+
+    cmd = f"python -m tuning.run (see {exp / RUN_META})"
+    if (exp / RUN_META).exists():
+        argv = json.loads((exp / RUN_META).read_text()).get("argv")
+        if argv:
+            cmd = "python -m tuning.run " + " ".join(argv)
+    wall = None
+    if (exp / RESULTS).exists():
+        wall = json.loads((exp / RESULTS).read_text()).get("wall_time_s", {}).get("total")
+    return cmd, wall
+
+
+def search_summary(exp: Path) -> list[dict[str, Any]]:
+    trials, _ = load_trials(exp)
+    return [{"trial": t.path.name, "lr": t.settings["lr"], "dropout": t.settings["dropout"],
+             "val_ndcg@100": float(t.payload["best"]["value"]), "best_epoch": int(t.payload["best"]["epoch"])}
+            for t in trials]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def analyse(kind: str, experiments: Sequence[Path], also: Sequence[Path] = (), searches: Sequence[Path] = (),
+            seeds: Sequence[int] = (), split=None, data_dir: str | None = None, cache_dir: str | None = None, command: str = "",
+            plot_path: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure, aggregate, plot and write the ablation of `experiments`; returns what goes into ablation.json."""
+    if kind not in KINDS:
+        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    main, skipped = [], []
+    for exp in experiments:
+        t, s = load_trials(Path(exp))
+        main += t
+        skipped += s
+    extra = []
+    for exp in also:
+        t, s = load_trials(Path(exp))
+        extra += t
+    trials, notes = select_trials(main, extra, kind)
+    if seeds:
+        notes.append(f"only seeds {', '.join(map(str, seeds))}: {sum(t.seed not in seeds for t in trials)} trials left out")
+        trials = [t for t in trials if t.seed in seeds]
+    notes += [f"skipped {s}" for s in skipped]
+    if split is None:
+        split = load_split([*experiments, *also], data_dir, cache_dir)
+    metrics = list(trials[0].payload["train_config"]["metrics"])
+    for i, t in enumerate(trials):
+        t0 = time.perf_counter()
+        t.measures = measure(t, split, metrics, sampled=(kind == "inference"))
+        log(f"[{i + 1}/{len(trials)}] {t.name} seed {t.seed}: test NDCG@100 {t.measures['ndcg@100']:.4f} "
+            f"({time.perf_counter() - t0:.1f} s)")
+
+    n_train = split.train.shape[0]
+    levels = [{"settings": lv[0].settings, "seeds": [t.seed for t in lv], "trials": [t.name for t in lv],
+               "per_seed": [{k: v for k, v in t.measures.items() if k not in ("curves", "unit_variances")} for t in lv],
+               "summary": aggregate(lv, metrics)} for lv in group_levels(trials, kind)]
+    result: dict[str, Any] = {"kind": kind, "metrics": metrics, "levels": levels, "notes": notes}
+    bs = beta_star(levels) if kind in ("annealing", "inference") else None
+    for lv in levels:
+        lv["label"] = level_label(kind, lv["settings"], n_train, bs["stage2"]["anneal_cap"] if bs else None)
+    if bs:
+        result["beta_star"] = bs | {"level": levels[bs["level"]]["label"]}
+    if kind == "budget":
+        pop = summarize(per_user_metrics(popularity_scorer(split.train), split.test_fold_in, split.test_target, metrics))
+        result["popularity"] = {m: pop[m] for m in metrics}
+        result["searches"] = {Path(s).name: search_summary(Path(s)) for s in searches}
+    used = list(dict.fromkeys(Path(e) for e in [*experiments, *also, *searches]))
+    runs = [run_command(e) for e in used]
+    result["run_commands"] = [c for c, _ in runs]
+    result["wall_time_s"] = {e.name: w for e, (_, w) in zip(used, runs)}
+    result["command"] = command or f"python -m tuning.ablation {' '.join(map(str, experiments))} --kind {kind}"
+    plot_path = plot_path or DOCS_DIR / f"{kind}.png"
+    result["plot"] = _display(plot_path)
+    plot(kind, result, plot_path)
+    write(Path(experiments[0]), kind, result)
+    return result
+
+
+def _display(path: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write(exp: Path, kind: str, result: dict[str, Any]) -> None:
+    """Add this kind's section to `<exp>/ablation.json` and re-render `<exp>/ablation.md` from it."""
+    path = exp / "ablation.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[kind] = _jsonable(result)
+    path.write_text(json.dumps(data, indent=1))
+    md = [f"# Ablations of `{exp.name}`\n", *(render(k, data[k]) for k in KINDS if k in data)]
+    (exp / "ablation.md").write_text("\n".join(md))
+
+
+def _parser() -> ArgParser:
+    p = ArgParser(prog="python -m tuning.ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiments", nargs="+", type=Path, help="experiment directories (tuning.run's <storage>/<name>)")
+    p.add_argument("--kind", required=True, choices=KINDS, help="which design question")
+    p.add_argument("--also", nargs="+", type=Path, default=[], help="experiments whose trials with the same other "
+                   "settings join the comparison (e.g. the shared paper-config runs)")
+    p.add_argument("--search", nargs="+", type=Path, default=[], help="--kind budget: the search experiments the "
+                   "retrained configurations came from (their trials are listed with their validation NDCG)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[], help="use only the trials of these seeds")
+    p.add_argument("--data-dir", help="folder with the extracted dataset (else $MULTIVAE_DATA_DIR, else download)")
+    p.add_argument("--cache-dir", help="where processed splits are cached")
+    p.add_argument("--plot", type=Path, help=f"the PNG to write (default {_display(DOCS_DIR)}/<kind>.png)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    shown = list(sys.argv[1:] if argv is None else argv)
+    t0 = time.perf_counter()
+    result = analyse(args.kind, args.experiments, args.also, args.search, args.seeds, data_dir=args.data_dir,
+                     cache_dir=args.cache_dir, command="python -m tuning.ablation " + " ".join(shown), plot_path=args.plot,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(render(args.kind, result))
+    print(f"wrote {Path(args.experiments[0]) / 'ablation.json'}, ablation.md and {result['plot']} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="python -m tuning.ablation"))
