@@ -109,10 +109,13 @@ def load_trials(exp: Path, max_t: int | None) -> list[Trial]:
             trial_id = m.group(1) if m else d.name
         t = Trial(trial_id, _trial_number(d.name, trial_id, i), d, _flatten(config), rows,
                   errored=(d / "error.txt").exists() or (d / "error.pkl").exists())
-        done = bool(rows) and bool(_read_last_done(d / "result.json"))
-        if done:
-            limit = max_t or _planned_epochs(t.config)
-            t.status = "stopped_by_asha" if limit is not None and t.epochs < limit else "completed"
+        # Tune marks the last row `done` only when a scheduler stops the trial; a trial that trained all its
+        # planned epochs is complete whatever the flag says (FIFO), even after a recovered crash (error.txt).
+        limit = max_t or _planned_epochs(t.config)
+        if rows and limit is not None and t.epochs >= limit:
+            t.status = "completed"
+        elif rows and _read_last_done(d / "result.json"):
+            t.status = "stopped_by_asha" if limit is not None else "completed"
         elif t.errored:
             t.status = "errored"
         elif rows:

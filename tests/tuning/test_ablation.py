@@ -13,6 +13,7 @@ from multivae.evaluate import evaluate, model_scorer, per_user_metrics
 from multivae.model import ModelConfig, MultiVAE
 from multivae.train import TrainConfig, best_model, fit, save_state
 from tuning import ablation
+from tuning.space import Choice, available_spaces, load_space
 
 
 # --- measures -------------------------------------------------------------------------------------------
@@ -171,3 +172,39 @@ def test_other_settings_must_match_unless_given_with_also(tiny_experiment, tiny_
                               log=lambda s: None)
     assert sum(len(lv["seeds"]) for lv in result["levels"]) == 4   # the dropout-0.2 trial is not comparable: left out
     assert "0 of 1 trials of other" in result["notes"][0]
+
+
+# --- the shipped ablation spaces ------------------------------------------------------------------------
+
+ABLATION_SPACES = sorted(n for n in available_spaces() if n.startswith("ablations/"))
+
+
+def test_the_ablation_spaces_are_shipped():
+    assert {"ablations/annealing", "ablations/likelihood", "ablations/input", "ablations/budget_vae",
+            "ablations/budget_dae"} <= set(ABLATION_SPACES)
+
+
+@pytest.mark.parametrize("name", ABLATION_SPACES)
+def test_every_ablation_space_is_an_exact_grid_or_a_search_on_ml1m(name):
+    space = load_space(name)
+    assert space.dataset.name == "ml-1m" and space.scheduler.type == "fifo"
+    assert space.fixed["epochs"] == 100
+    points = [json.dumps(p, sort_keys=True) for p in space.search.points_to_evaluate]
+    assert len(set(points)) == len(points)                     # no combination twice
+    if all(isinstance(d, Choice) for d in space.params.values()):   # a grid: every point runs, nothing else
+        assert space.search.num_samples == len(points)
+    else:                                                      # the budget searches: the paper's point first
+        assert space.search.points_to_evaluate[0] == {"lr": 1e-3, "dropout": 0.5}
+
+
+def test_beta_star_is_read_only_from_a_run_that_never_reaches_its_cap():
+    def level(cap, steps, ndcg, beta):
+        return {"settings": {"anneal_cap": cap, "anneal_steps": steps}, "label": f"{cap}/{steps}",
+                "summary": {"curves": {"ndcg@100": ndcg, "kl_weight": beta}, "beta_at_best": {"values": [0.1, 0.2]}}}
+    reached = level(0.2, 10, [0.1, 0.3, 0.2], [0.1, 0.2, 0.2])      # annealed to its cap 0.2
+    toward = level(1.0, 50, [0.1, 0.3, 0.2], [0.1, 0.2, 0.3])       # toward 1, stopped at 0.3
+    fixed = level(1.0, 0, [0.1, 0.2, 0.25], [1.0, 1.0, 1.0])
+    assert ablation.beta_star([reached, fixed]) is None
+    bs = ablation.beta_star([reached, toward, fixed])
+    assert (bs["level"], bs["epoch"], bs["beta"]) == (1, 2, 0.2)     # the peak of the mean validation curve
+    assert bs["stage2"] == {"anneal_cap": 0.2, "anneal_steps": 10}  # the same slope: 1 / 50 per update

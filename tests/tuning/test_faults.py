@@ -146,9 +146,6 @@ def _report_statuses(k) -> dict[str, str]:
         return {r["trial_id"]: r["status"] for r in csv.DictReader(f)}
 
 
-@pytest.mark.xfail(strict=True, reason="tuning.report takes a trial as finished only when its last result.json row says "
-                   "done, which Tune writes only when a scheduler stops the trial (ASHA at max_t), never for a FIFO trial "
-                   "that ends by returning: those are listed 'unfinished', or 'errored' after a recovered crash (error.txt)")
 def test_report_lists_fifo_trials_that_finished_as_completed(killed_mid_epoch):
     k = killed_mid_epoch   # no scheduler: FIFO, as in search_spaces/paper.yaml and the ablations
     board = _report_statuses(k)
