@@ -17,7 +17,6 @@ epoch: `train_epoch` on ML-20M-shaped training rows (batch 500), timed in the sa
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from typing import Any

@@ -129,7 +129,7 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(n_items, model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)  # same numbers, fewer passes (bench)
     return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
 
 
