@@ -30,6 +30,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,8 @@ def select_trials(main: list[TrialRun], also: list[TrialRun], kind: str) -> tupl
         levels = [t.settings for t in main]
         kept = [t for t in also if t.settings in levels]
         return main + kept, [f"{len(kept)} of {len(also)} trials of {', '.join(sorted({t.experiment.name for t in also}))} "
-                             f"have the settings of a level of {main[0].experiment.name} and are included"] if also else []
+                             f"have the settings of a level of {', '.join(dict.fromkeys(t.experiment.name for t in main))} and are "
+                             f"included"] if also else []
     ref = main[0]
     for t in main[1:]:
         extra = [k for k in differences(ref.settings, t.settings) if k not in factors]
@@ -462,11 +464,12 @@ def plot(kind: str, result: dict[str, Any], path: Path) -> None:
              f"{'Likelihood' if kind == 'likelihood' else 'Same search budget'}: test metrics (mean ± std over seeds)", "test")
         ax.legend(fontsize=8)
     elif kind == "annealing":
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
         for i, lv in enumerate(levels):
             c = lv["summary"]["curves"]
             ep = np.arange(1, len(c["ndcg@100"]) + 1)
-            style = dict(color=colors[i % len(colors)], ls=("-", "--", "-.", ":")[i % 4], label=lv["label"])
+            style = dict(color=colors[i % len(colors)], ls=("-", "--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))[i % 5],
+                         lw=max(0.8, 2.8 - 0.45 * i), label=lv["label"])
             axes[0].plot(ep, c["ndcg@100"], **style)   # dashes: the annealed runs coincide until one stops rising
             axes[1].plot(ep, c["kl"], **style)
         axes[0].set(title="validation NDCG@100 (mean over seeds)", xlabel="epoch", ylabel="NDCG@100")
@@ -482,7 +485,7 @@ def plot(kind: str, result: dict[str, Any], path: Path) -> None:
         for xi, lv in zip(x, levels):
             axes[2].text(xi, 0.02 * dims, (f"test NDCG\n{lv['summary']['ndcg@100']['mean']:.3f}\nmean var\n"
                                                 f"{lv['summary']['mean_variance']['mean']:.3f}"), ha="center", fontsize=8)
-        axes[2].set_xticks(x, [lb.replace(" (", "\n(") for lb in labels], fontsize=7)
+        axes[2].set_xticks(x, [textwrap.fill(lb, 14) for lb in labels], fontsize=7)
         axes[2].set_ylim(0, dims)
         axes[2].set(title="active units (var of mu over test users > 0.01)", ylabel=f"of {dims}")
         for ax in axes:

@@ -7,7 +7,6 @@ and that the naive implementations the benches compare against compute the same 
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from bench import eval_throughput, preprocess, train_throughput
