@@ -387,7 +387,7 @@ def render(kind: str, result: dict[str, Any]) -> str:
             body += (f"\n\nβ* (paper's recipe) from '{bs['level']}': the seed-averaged validation NDCG@100 peaks at epoch "
                      f"{bs['epoch']} ({bs['val_ndcg@100']:.4f}) where β = {bs['beta']:.4f} (per seed β at the best epoch: "
                      f"{', '.join(f'{b:.3f}' for b in bs['per_seed_beta_at_best'])}); stage 2 retrains with anneal_cap "
-                     f"{bs['stage2']['anneal_cap']}, anneal_steps {bs['stage2']['anneal_steps']} (the same slope).")
+                     f"{bs['stage2']['anneal_cap']}, anneal_steps {bs['stage2']['anneal_steps']} (the same slope, rounded).")
     elif kind == "inference":
         rows = []
         for lv in levels:
