@@ -234,12 +234,13 @@ def test_fractional_gpus_pack_four_trials_on_two_gpus(tmp_path, ray_tmp):
     # concurrency, from the trials' own start/end times: all four were running at the same moment
     overlap = min(r["end"] for r in runs) - max(r["start"] for r in runs)
     assert overlap > 0, f"the 4 trials never all ran at once: {[(r['start'], r['end']) for r in runs]}"
-    # and from the results the driver received: every trial reported while all four were running
+    # the driver received every epoch of every trial. (Not compared in time: the driver's clock is when it got
+    # round to a result, and on a loaded machine one short trial's results can all be handled before another's
+    # first, although the trials themselves overlapped, which the trials' own clocks above show.)
     by_trial = collections.defaultdict(list)
     for r in report["results"]:
-        by_trial[r["trial_id"]].append(r["wall"])
-    assert len(by_trial) == 4 and all(len(v) == 12 for v in by_trial.values())
-    assert max(min(v) for v in by_trial.values()) < min(max(v) for v in by_trial.values())
+        by_trial[r["trial_id"]].append(r["epoch"])
+    assert len(by_trial) == 4 and all(sorted(v) == list(range(1, 13)) for v in by_trial.values()), dict(by_trial)
 
     res = json.loads((Path(report["experiment"]) / "results.json").read_text())
     assert res["trials"]["completed"] == 4 and res["trials"]["errored"] == 0
