@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from multivae.allocator import KEEP_FREED_MEMORY_TUNABLES, MALLOC_MODES, keep_freed_memory
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,30 +239,16 @@ def _json_default(o: Any) -> Any:
 
 
 # --- the glibc allocator -----------------------------------------------------------------------------
-# torch allocates CPU tensors with posix_memalign. glibc serves blocks above its mmap threshold (which
-# grows to at most 32 MiB) with a fresh mmap and unmaps them on free, so every 40-48 MB activation,
-# gradient and optimizer temporary of the ML-20M model is page-faulted and zeroed by the kernel again
-# at every step. "keep" turns mmap off for malloc and never trims the heap: freed blocks are reused.
-# It is a property of the process (set it before the big allocations); from the environment it is
-GLIBC_KEEP_MEMORY_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# Why "keep" helps: multivae/allocator.py. It is a property of the process: set it before the big allocations.
+GLIBC_KEEP_MEMORY_TUNABLES = KEEP_FREED_MEMORY_TUNABLES
 
 
 def set_malloc(mode: str) -> bool:
-    """'keep': glibc's malloc stops using mmap and never trims the heap (the same as the GLIBC_TUNABLES
-    above); 'default': leave glibc alone. Returns False where there is no glibc to tell."""
-    import ctypes
-
-    if mode not in ("keep", "default"):
-        raise ValueError(f"malloc mode must be 'keep' or 'default', got {mode!r}")
-    if mode == "default":
-        return True
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1))   # -1: the largest size_t
+    """'keep': glibc's malloc stops using mmap and never trims the heap; 'default': leave glibc alone.
+    Returns False where there is no glibc to tell."""
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc mode must be one of {list(MALLOC_MODES)}, got {mode!r}")
+    return True if mode == "default" else keep_freed_memory()
 
 
 # --- fresh processes ---------------------------------------------------------------------------------

@@ -8,9 +8,10 @@
 Cases, timed round-robin in one process (each call = `--batches-per-call` optimizer steps on its own users):
   naive            the reference code's way, written here: per batch `csr[rows].toarray()` as a dense float32
                    tensor, `nn.Linear` layers, F.normalize, dropout, `log_softmax * x`; Adam.
-  ours             `multivae.train.train_epoch` itself (SparseBatch, embedding-bag first layer, gathered loss).
-  ours+fused_adam  the same with `torch.optim.Adam(fused=True)`: same algorithm, NOT bit-identical (last-ulp
-                   differences in the update), so it is not what `init_state` builds.
+  ours             `multivae.train.train_epoch` itself (SparseBatch, embedding-bag first layer, gathered loss),
+                   with the optimizer `init_state` builds by default: `adam: fused`.
+  ours+foreach     the same with `adam: foreach` (the earlier default): the same algorithm, bit-identical to
+                   torch's single-tensor Adam; fused differs from both in the last bits.
   ours+bf16        (--amp bf16, the default) train_epoch's loop with the model under CPU bf16 autocast and the
                    losses in fp32: changes the numerics; an option to evaluate, not ours.
 Allocator: the glibc malloc mode is a property of a process (`bench.common.set_malloc`), so with
@@ -140,11 +141,8 @@ def as_split(train: sp.csr_matrix) -> SplitData:
     return SplitData(train, empty, empty, empty, empty, np.arange(train.shape[1]), np.arange(train.shape[0]), no_ids, no_ids)
 
 
-def ours_state(n_items: int, batch_size: int, seed: int, fused_adam: bool = False) -> TrainState:
-    state = init_state(n_items, ModelConfig(), TrainConfig(batch_size=batch_size, seed=seed, device="cpu"))
-    if fused_adam:
-        state.optimizer = torch.optim.Adam(state.model.parameters(), lr=state.train_config.lr, fused=True)
-    return state
+def ours_state(n_items: int, batch_size: int, seed: int, adam: str = TrainConfig.adam) -> TrainState:
+    return init_state(n_items, ModelConfig(), TrainConfig(batch_size=batch_size, seed=seed, device="cpu", adam=adam))
 
 
 def ours_epoch(state: TrainState, split: SplitData) -> None:
@@ -253,7 +251,7 @@ def profile_ours(train: sp.csr_matrix, batch_size: int, seed: int, steps: int) -
 
 # --- measuring: one process, one allocator mode ------------------------------------------------------
 
-CASES = ("naive", "ours", "ours+fused_adam", "ours+bf16")
+CASES = ("naive", "ours", "ours+foreach", "ours+bf16")
 
 
 def measure(train: sp.csr_matrix, batch_size: int, batches_per_call: int, rounds: int, warmup: int, amp: str,
@@ -266,13 +264,13 @@ def measure(train: sp.csr_matrix, batch_size: int, batches_per_call: int, rounds
     splits = [as_split(s) for s in slices]
     naive = NaiveTrainer(n_items, seed)
     ours = ours_state(n_items, B, seed)
-    fused = ours_state(n_items, B, seed, fused_adam=True)
+    foreach = ours_state(n_items, B, seed, adam="foreach")
     bf16 = ours_state(n_items, B, seed) if amp == "bf16" else None
     j = {"i": 0}
     cases: dict[str, Callable[[], Any]] = {
         "naive": lambda: naive.epoch(slices[j["i"] % n_calls], B),
         "ours": lambda: ours_epoch(ours, splits[j["i"] % n_calls]),
-        "ours+fused_adam": lambda: ours_epoch(fused, splits[j["i"] % n_calls]),
+        "ours+foreach": lambda: ours_epoch(foreach, splits[j["i"] % n_calls]),
     }
     if bf16 is not None:
         cases["ours+bf16"] = lambda: ours_epoch_bf16(bf16, splits[j["i"] % n_calls])

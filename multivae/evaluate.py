@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from multivae.batch import SparseBatch
-from multivae.metrics import METRICS, parse_metric
+from multivae.metrics import parse_metric, ranking_metrics
 
 ScoreFn = Callable[[SparseBatch], torch.Tensor]
 DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")
@@ -27,10 +27,10 @@ def per_user_metrics(
     """Per-user values (NaN for users without a target), in row order."""
     parsed = {m: parse_metric(m) for m in metrics}
     out: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
-    has_target = np.diff(target.indptr) > 0
+    n_target = torch.from_numpy(np.diff(target.indptr).astype(np.int64))
     for start in range(0, fold_in.shape[0], batch_size):
         rows = slice(start, min(start + batch_size, fold_in.shape[0]))
-        if not has_target[rows].any():
+        if not n_target[rows].any():
             for m in metrics:
                 out[m].append(np.full(rows.stop - rows.start, np.nan))
             continue
@@ -38,8 +38,8 @@ def per_user_metrics(
         scores = score(x).float()
         scores[x.row_of_each(), x.indices] = -torch.inf        # never recommend what the user already has
         t = SparseBatch.from_csr(target, rows).to(device).dense(torch.bool)
-        for m, (kind, k) in parsed.items():
-            out[m].append(METRICS[kind](scores, t, k).cpu().numpy())
+        for m, v in ranking_metrics(scores, t, n_target[rows].to(t.device), parsed).items():
+            out[m].append(v.cpu().numpy())
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 

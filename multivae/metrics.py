@@ -23,24 +23,41 @@ def topk_hits(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tenso
     return torch.gather(target, 1, top)
 
 
-def ndcg_at_k(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    hits = topk_hits(scores, target, k).to(torch.float64)
-    disc = _discounts(hits.shape[1], scores.device)
+def ndcg_from_hits(hits: torch.Tensor, n_target: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k from the ranked hits of a top-k' with k' >= min(k, I) (its first k columns are the top k)."""
+    hits = hits[:, :k].to(torch.float64)
+    disc = _discounts(hits.shape[1], hits.device)
     dcg = (hits * disc).sum(dim=1)
-    n_target = target.sum(dim=1)
-    ideal_cum = torch.cat([torch.zeros(1, device=scores.device, dtype=torch.float64), disc.cumsum(0)])
+    ideal_cum = torch.cat([torch.zeros(1, device=hits.device, dtype=torch.float64), disc.cumsum(0)])
     idcg = ideal_cum[n_target.clamp(max=hits.shape[1])]
     return torch.where(n_target > 0, dcg / idcg.clamp_min(1e-12), torch.full_like(dcg, float("nan")))
 
 
-def recall_at_k(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    hits = topk_hits(scores, target, k).sum(dim=1).to(torch.float64)
-    n_target = target.sum(dim=1)
+def recall_from_hits(hits: torch.Tensor, n_target: torch.Tensor, k: int) -> torch.Tensor:
+    """Recall@k from the ranked hits of a top-k' with k' >= min(k, I)."""
+    found = hits[:, :k].sum(dim=1).to(torch.float64)
     denom = n_target.clamp(max=k).to(torch.float64)
-    return torch.where(n_target > 0, hits / denom.clamp_min(1), torch.full_like(hits, float("nan")))
+    return torch.where(n_target > 0, found / denom.clamp_min(1), torch.full_like(found, float("nan")))
+
+
+def ndcg_at_k(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    return ndcg_from_hits(topk_hits(scores, target, k), target.sum(dim=1), k)
+
+
+def recall_at_k(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    return recall_from_hits(topk_hits(scores, target, k), target.sum(dim=1), k)
+
+
+def ranking_metrics(scores: torch.Tensor, target: torch.Tensor, n_target: torch.Tensor,
+                    metrics: dict[str, tuple[str, int]]) -> dict[str, torch.Tensor]:
+    """Several metrics from one top-k (the largest k; a sorted top-k's prefixes are the smaller top-ks), with
+    the target counts given (from the CSR's row pointers: no pass over the dense target)."""
+    hits = topk_hits(scores, target, max(k for _, k in metrics.values()))
+    return {name: FROM_HITS[kind](hits, n_target, k) for name, (kind, k) in metrics.items()}
 
 
 METRICS = {"ndcg": ndcg_at_k, "recall": recall_at_k}
+FROM_HITS = {"ndcg": ndcg_from_hits, "recall": recall_from_hits}
 
 
 def parse_metric(name: str) -> tuple[str, int]:

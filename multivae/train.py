@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from multivae.allocator import MALLOC_MODES, keep_freed_memory
 from multivae.batch import SparseBatch
 from multivae.checkpoint import load_checkpoint, save_checkpoint
 from multivae.config import from_dict, to_dict
@@ -32,6 +33,8 @@ from multivae.model import ModelConfig, MultiDAE, MultiVAE, build_model, kl_dive
 REFERENCE_TOTAL_ANNEAL_STEPS = 200_000
 REFERENCE_BATCHES_PER_EPOCH = 234
 REFERENCE_TOTAL_ANNEAL_EPOCHS = REFERENCE_TOTAL_ANNEAL_STEPS / REFERENCE_BATCHES_PER_EPOCH   # 854.7
+# torch.optim.Adam's kernels: the same update rule; "foreach" and "single_tensor" give bit-identical results
+ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single_tensor": {"foreach": False}}
 REFERENCE_DAE_LAMBDA = 0.01  # divided by the batch size in the reference notebook (lam=0.01 / batch_size)
 
 
@@ -50,6 +53,10 @@ class TrainConfig:
     seed: int = 98765
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     threads: int | None = None          # torch intra-op threads (None: torch's default)
+    adam: str = "fused"                 # Adam kernel: fused | foreach | single_tensor. One algorithm; fused is
+                                        # 1.3-1.5x faster per step and differs from the others in the last bits
+    malloc: str = "keep"                # keep: glibc keeps freed memory for reuse (multivae.allocator; same
+                                        # numbers, 1.35x per step on CPU); default: leave the allocator alone
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +71,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if self.adam not in ADAM_KERNELS:
+            raise ValueError(f"adam must be one of {list(ADAM_KERNELS)}, got {self.adam!r}")
+        if self.malloc not in MALLOC_MODES:
+            raise ValueError(f"malloc must be one of {list(MALLOC_MODES)}, got {self.malloc!r}")
         for m in (*self.metrics, self.select_metric):
             parse_metric(m)
         if self.select_metric not in self.metrics:
@@ -129,7 +140,7 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(n_items, model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)  # same numbers, fewer passes (bench)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **ADAM_KERNELS[cfg.adam])
     return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
 
 
@@ -179,6 +190,8 @@ def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig
     model_cfg, cfg, callback = state.model_config, state.train_config, callback or Callback()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.malloc == "keep":
+        keep_freed_memory()
     anneal_steps = resolved_anneal_steps(cfg, split.train.shape[0])
     lam = resolved_weight_decay(cfg, model_cfg)
     while state.epoch < cfg.epochs:

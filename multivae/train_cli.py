@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from multivae.allocator import MALLOC_MODES
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
-from multivae.train import (Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
+from multivae.train import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
                             save_state)
 
 
@@ -61,6 +62,10 @@ def _parser() -> ArgParser:
     t.add_argument("--seed", type=int, default=98765)
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int)
+    t.add_argument("--adam", choices=list(ADAM_KERNELS), default=TrainConfig.adam,
+                   help="Adam kernel (one algorithm; fused is fastest, foreach/single_tensor match each other bit for bit)")
+    t.add_argument("--malloc", choices=list(MALLOC_MODES), default=TrainConfig.malloc,
+                   help="keep: glibc keeps freed memory for reuse (faster, same numbers); default: leave it alone")
     t.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (always at the end)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="runs/train", help="output directory (default runs/train)")
@@ -194,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = from_dict(TrainConfig, {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
             "anneal_cap": args.anneal_cap, "anneal_steps": args.anneal_steps, "seed": args.seed, "device": args.device,
-            "threads": args.threads}, where="command line")
+            "threads": args.threads, "adam": args.adam, "malloc": args.malloc}, where="command line")
         resolve_device(cfg.device)
     split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
     out.mkdir(parents=True, exist_ok=True)

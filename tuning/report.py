@@ -111,10 +111,10 @@ def load_trials(exp: Path, max_t: int | None) -> list[Trial]:
                   errored=(d / "error.txt").exists() or (d / "error.pkl").exists())
         # Tune marks the last row `done` only when a scheduler stops the trial; a trial that trained all its
         # planned epochs is complete whatever the flag says (FIFO), even after a recovered crash (error.txt).
-        limit = max_t or _planned_epochs(t.config)
+        limit = max_t or planned_epochs(t.config)
         if rows and limit is not None and t.epochs >= limit:
             t.status = "completed"
-        elif rows and _read_last_done(d / "result.json"):
+        elif rows and last_row_done(d / "result.json"):
             t.status = "stopped_by_asha" if limit is not None else "completed"
         elif t.errored:
             t.status = "errored"
@@ -124,15 +124,16 @@ def load_trials(exp: Path, max_t: int | None) -> list[Trial]:
     return sorted(trials, key=lambda t: t.number)
 
 
-def _planned_epochs(config: dict[str, Any]) -> int | None:
-    """The epochs a trial was configured for (when the scheduler's max_t is not known)."""
-    for k, v in config.items():
+def planned_epochs(config: dict[str, Any]) -> int | None:
+    """The epochs a trial was configured for (when the scheduler's max_t is not known); `config` flat or nested."""
+    for k, v in _flatten(config).items():
         if k.split("/")[-1] == "epochs" and isinstance(v, int):
             return v
     return None
 
 
-def _read_last_done(path: Path) -> bool:
+def last_row_done(path: Path) -> bool:
+    """The `done` flag of the last readable row of a result.json."""
     if not path.exists():
         return False
     for line in reversed(path.read_text().splitlines()):

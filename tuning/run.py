@@ -394,6 +394,8 @@ class TrialSummary:
 
 
 def summarize_trials(results, metric: str, mode: str, max_t: int | None) -> list[TrialSummary]:
+    from tuning.report import last_row_done, planned_epochs
+
     out = []
     for r in results:
         df, last = r.metrics_dataframe, r.metrics or {}
@@ -402,11 +404,16 @@ def summarize_trials(results, metric: str, mode: str, max_t: int | None) -> list
             values = df[metric].astype(float)
             i = values.idxmax() if mode == "max" else values.idxmin()
             best_value, best_epoch, epochs = float(values[i]), int(df["epoch"][i]), int(df["epoch"].max())
+        # A trial that finished before an interruption comes back from --resume without `done` in its last
+        # metrics: one that trained all its planned epochs is complete; else the flag in result.json decides.
+        planned = max_t or planned_epochs(r.config or {})
         if r.error is not None:
             status = "errored"
-        elif not last.get("done"):
+        elif planned is not None and epochs >= planned:
+            status = "completed"
+        elif not (last.get("done") or ("://" not in r.path and last_row_done(Path(r.path) / "result.json"))):
             status = "unfinished"
-        elif max_t is not None and epochs < max_t:
+        elif max_t is not None:
             status = "stopped_by_asha"
         else:
             status = "completed"

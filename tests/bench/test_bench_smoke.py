@@ -29,7 +29,7 @@ def test_train_throughput_tiny(tmp_path):
     train_throughput.main(["--tiny", "--out", str(tmp_path)])
     doc = read(tmp_path, "train_throughput")
     (run,) = doc["runs"]
-    assert {"default/naive", "default/ours", "default/ours+fused_adam", "default/ours+bf16"} <= set(run["cases"])
+    assert {"default/naive", "default/ours", "default/ours+foreach", "default/ours+bf16"} <= set(run["cases"])
     for row in run["cases"].values():
         assert {"users_per_s_wall", "users_per_s_cpu", "vs_naive_cpu", "pct_of_limit_naive_flops_cpu",
                 "pct_of_limit_dense_in_ours_cpu", "epoch_s_ml20m_cpu"} <= set(row)

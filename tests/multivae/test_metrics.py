@@ -103,3 +103,29 @@ def test_popularity_scorer_ranks_by_training_counts():
 def test_parse_metric_rejects_bad_names(name):
     with pytest.raises(ValueError, match="unknown metric"):
         parse_metric(name)
+
+
+def test_per_user_metrics_share_one_topk_and_match_the_slow_reference():
+    """per_user_metrics ranks once with the largest k and reads the smaller ks from its prefix, and counts the
+    targets from the CSR: every metric (k above the catalogue too) must still equal the per-user reference."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 90, 300
+    scores = rng.normal(size=(n_users, n_items))
+    fold_in = sp.csr_matrix((rng.random((n_users, n_items)) < 0.05).astype(np.float32))
+    target_dense = (rng.random((n_users, n_items)) < rng.uniform(0.0, 0.1, size=(n_users, 1))) & (fold_in.toarray() == 0)
+    target_dense[:4] = False                                   # users without a target
+    target = sp.csr_matrix(target_dense.astype(np.float32))
+    metrics = ["recall@5", "ndcg@1", "ndcg@20", "recall@100", "ndcg@500"]
+
+    def score(x):
+        return torch.tensor(scores[x_rows.pop(0)])
+
+    x_rows = [slice(s, min(s + 32, n_users)) for s in range(0, n_users, 32)]
+    got = per_user_metrics(score, fold_in, target, metrics, batch_size=32)
+    masked = np.where(fold_in.toarray() > 0, -np.inf, scores)
+    for m in metrics:
+        kind, k = parse_metric(m)
+        slow = slow_ndcg if kind == "ndcg" else slow_recall
+        want = np.array([slow(s, t, k) for s, t in zip(masked, target_dense)])
+        np.testing.assert_allclose(got[m], want, rtol=1e-12, equal_nan=True, err_msg=m)
+    assert np.isnan(got["ndcg@20"][:4]).all() and not np.isnan(got["ndcg@20"][4:][target_dense[4:].any(1)]).any()

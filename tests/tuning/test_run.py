@@ -195,3 +195,34 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
     res = json.loads((exp / run.RESULTS).read_text())
     assert res["resumed"] is True and res["space"] == "smoke_every_epoch" and res["trials"]["total"] == space.search.num_samples
     assert res["trials"]["unfinished"] == 0 and 0.0 < res["test"]["ndcg@100"] <= 1.0
+
+
+def _result(tmp_path: Path, name: str, epochs: int, *, planned: int, done_in_metrics: bool, done_in_file: bool,
+            error: Exception | None = None) -> tune.Result:
+    """A real ray.tune.Result as `--resume` hands it back, over a trial dir with its result.json."""
+    import pandas as pd
+
+    d = tmp_path / name
+    d.mkdir()
+    rows = [{"epoch": e, "ndcg@100": 0.1 + 0.01 * e, "trial_id": name} for e in range(1, epochs + 1)]
+    rows[-1]["done"] = done_in_file
+    (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = {**rows[-1], "done": done_in_metrics, "config": {"train": {"epochs": planned}}}
+    return tune.Result(metrics=last, checkpoint=None, error=error, path=str(d), metrics_dataframe=pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize("max_t", [None, 6])
+def test_trials_finished_before_an_interruption_count_as_finished_after_resume(tmp_path, max_t):
+    """After --resume, Ray gives the trials that had ended before the interruption back without `done` in
+    their last metrics. They must not count as unfinished (that made the resumed run exit 130, no results)."""
+    results = [
+        _result(tmp_path, "all_epochs", 6, planned=6, done_in_metrics=False, done_in_file=False),
+        _result(tmp_path, "stopped_early", 2, planned=6, done_in_metrics=False, done_in_file=True),
+        _result(tmp_path, "interrupted", 3, planned=6, done_in_metrics=False, done_in_file=False),
+        _result(tmp_path, "live_done", 4, planned=6, done_in_metrics=True, done_in_file=True),
+        _result(tmp_path, "crashed", 6, planned=6, done_in_metrics=False, done_in_file=False, error=RuntimeError("x")),
+    ]
+    got = {t.trial_id: (t.status, t.epochs, t.best_epoch) for t in run.summarize_trials(results, "ndcg@100", "max", max_t)}
+    early = "stopped_by_asha" if max_t else "completed"   # without ASHA, `done` before the planned epochs: stopped by Tune
+    assert got == {"all_epochs": ("completed", 6, 6), "stopped_early": (early, 2, 2), "interrupted": ("unfinished", 3, 3),
+                   "live_done": (early, 4, 4), "crashed": ("errored", 6, 6)}
