@@ -269,6 +269,9 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     data = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
     data["search"]["num_samples"] = N
     data["checkpoint"] = {"every": 1, "keep": 2}
+    # 60 epochs (rungs 2, 4, 8, 16, 32), not smoke's 6: a smoke trial can end within 2 s, and the polling below
+    # can stall for seconds while Ray starts its processes (reading /proc of a process that is mapping memory)
+    data["fixed"]["epochs"] = data["scheduler"]["max_t"] = 60
     space_file = tmp_path / "faults.yaml"
     space_file.write_text(yaml.safe_dump(data))
     storage, name = tmp_path / "rr", "driver_killed"
