@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from multivae.allocator import KEEP_FREED_MEMORY_TUNABLES, MALLOC_MODES, keep_freed_memory
+from multivae.allocator import MALLOC_MODES, keep_freed_memory
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +240,6 @@ def _json_default(o: Any) -> Any:
 
 # --- the glibc allocator -----------------------------------------------------------------------------
 # Why "keep" helps: multivae/allocator.py. It is a property of the process: set it before the big allocations.
-GLIBC_KEEP_MEMORY_TUNABLES = KEEP_FREED_MEMORY_TUNABLES
 
 
 def set_malloc(mode: str) -> bool:

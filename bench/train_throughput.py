@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.common import (
-    GLIBC_KEEP_MEMORY_TUNABLES, ML20M_BATCHES_PER_EPOCH, ML20M_ITEMS, ML20M_TRAIN_USERS, Sample, interleave, machine_info,
+    ML20M_BATCHES_PER_EPOCH, ML20M_ITEMS, ML20M_TRAIN_USERS, Sample, interleave, machine_info,
     ml20m_like_rows, print_table, run_worker, set_malloc, set_threads, stats, worker_result, write_result,
 )
+from multivae.allocator import KEEP_FREED_MEMORY_TUNABLES
 from multivae.batch import SparseBatch
 from multivae.data.split import SplitData
 from multivae.model import ModelConfig, kl_divergence, kl_weight, reconstruction_loss
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "model": "Mult-VAE [I-600-200-600-I], tanh, dropout 0.5, multinomial, Adam lr 1e-3",
                    "data": "bench.common.ml20m_like_rows: log-normal items/user (mean 85.6, sigma 1, >= 5), Zipf popularity",
                    "ml20m_epoch": {"train_users": ML20M_TRAIN_USERS, "batches": ML20M_BATCHES_PER_EPOCH},
-                   "malloc_keep_env_equivalent": "GLIBC_TUNABLES=" + GLIBC_KEEP_MEMORY_TUNABLES},
+                   "malloc_keep_env_equivalent": "GLIBC_TUNABLES=" + KEEP_FREED_MEMORY_TUNABLES},
         "runs": runs,
         "profile": profiles,
     }
