@@ -34,7 +34,7 @@ from multivae.batch import SparseBatch
 from multivae.evaluate import DEFAULT_METRICS, ScoreFn, model_scorer, per_user_metrics
 from multivae.metrics import METRICS, parse_metric
 from multivae.model import ModelConfig, build_model
-from multivae.train import Callback, train_epoch
+from multivae.training import Callback, train_epoch
 
 
 def heldout_split(rows: sp.csr_matrix, fraction: float = 0.2, min_items: int = 5, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:

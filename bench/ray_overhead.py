@@ -14,7 +14,7 @@ time:   the smoke space (search_spaces/smoke.yaml) with FIFO instead of ASHA and
         trainable (a wrapper, as tests/tuning/cluster_scripts/scenarios.py does); the time inside `fit`'s
         epochs (each epoch's reported `epoch_time_s` + `eval_time_s`). Overhead = trial lifetime - time in
         epochs; the physical limit is 0. Baseline: the same configs, one after the other, through
-        `multivae.train.fit` in this process, no Ray. On a loaded machine the wall times stretch; the CPU
+        `multivae.training.fit` in this process, no Ray. On a loaded machine the wall times stretch; the CPU
         seconds do not.
 memory: a trivial trial that reads every byte of a synthetic split (124 MB of CSR arrays), reads its own
         /proc/self/smaps_rollup (Rss, Pss, USS = Private_Clean + Private_Dirty) and reports it. Three ways:
@@ -52,7 +52,7 @@ from ray import tune  # noqa: E402
 from bench.common import machine_info, print_table, write_result  # noqa: E402
 from multivae.data import load_dataset  # noqa: E402
 from multivae.data.split import SplitData  # noqa: E402
-from multivae.train import fit, init_state  # noqa: E402
+from multivae.training import fit, init_state  # noqa: E402
 from tuning import run, trainable  # noqa: E402
 from tuning.space import load_space, parse_space, space_to_dict, split_trial_config  # noqa: E402
 

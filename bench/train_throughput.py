@@ -8,7 +8,7 @@
 Cases, timed round-robin in one process (each call = `--batches-per-call` optimizer steps on its own users):
   naive            the reference code's way, written here: per batch `csr[rows].toarray()` as a dense float32
                    tensor, `nn.Linear` layers, F.normalize, dropout, `log_softmax * x`; Adam.
-  ours             `multivae.train.train_epoch` itself (SparseBatch, embedding-bag first layer, gathered loss),
+  ours             `multivae.training.train_epoch` itself (SparseBatch, embedding-bag first layer, gathered loss),
                    with the optimizer `init_state` builds by default: `adam: fused`.
   ours+foreach     the same with `adam: foreach` (the earlier default): the same algorithm, bit-identical to
                    torch's single-tensor Adam; fused differs from both in the last bits.
@@ -49,7 +49,7 @@ from multivae.allocator import KEEP_FREED_MEMORY_TUNABLES
 from multivae.batch import SparseBatch
 from multivae.data.split import SplitData
 from multivae.model import ModelConfig, kl_divergence, kl_weight, reconstruction_loss
-from multivae.train import Callback, TrainConfig, TrainState, init_state, train_epoch
+from multivae.training import Callback, TrainConfig, TrainState, init_state, train_epoch
 
 ANNEAL_STEPS = 40_000   # the reference schedule on ML-20M (cap 0.2)
 

@@ -73,3 +73,19 @@ def popularity_scorer(train: sp.csr_matrix) -> ScoreFn:
     def score(x: SparseBatch) -> torch.Tensor:
         return counts.to(x.device).expand(x.n_rows, -1).clone()
     return score
+
+
+def evaluate_on_split(score: ScoreFn, split, metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 2000,
+                      device: torch.device | str = "cpu", *, baselines: bool = True) -> dict[str, dict]:
+    """The protocol's last step, in one place: `score` on the validation and the test users, next to the
+    popularity baseline on the same users (each metric with its standard error, `<metric>_se`).
+
+    Serves `multivae.train`, the search's final test of its best trial and the ablations."""
+    def on(s: ScoreFn) -> dict[str, dict[str, float]]:
+        return {"val": evaluate(s, split.val_fold_in, split.val_target, metrics, batch_size, device),
+                "test": evaluate(s, split.test_fold_in, split.test_target, metrics, batch_size, device)}
+
+    out: dict[str, dict] = on(score)
+    if baselines:
+        out["popularity"] = on(popularity_scorer(split.train))
+    return out

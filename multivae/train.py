@@ -1,291 +1,236 @@
-"""Training: one readable loop (batch, forward, loss, backward, step, log, evaluate, keep the best).
+"""`python -m multivae.train`: train one Mult-VAE / Mult-DAE (or score popularity) and test the best model.
 
-The KL weight follows the global step (optimizer updates over all epochs), which lives in `TrainState`
-and in every checkpoint, so it never resets between epochs or on resume.
+    python -m multivae.train --dataset ml-1m --data-dir ../shared/datasets --out runs/ml1m-vae
+    python -m multivae.train --dataset synthetic --epochs 20 --out runs/synthetic
+    python -m multivae.train --data ratings.csv --user-col uid --item-col sid --out runs/mine
+
+Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights) and `<out>/metrics.json`
+(configs, split statistics, validation curve, test metrics of the best model, time per epoch).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
+import json
+import os
+import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
-import numpy as np
-import torch
-
-from multivae.allocator import MALLOC_MODES, keep_freed_memory
-from multivae.batch import SparseBatch
-from multivae.checkpoint import load_checkpoint, save_checkpoint
+from multivae.allocator import MALLOC_MODES
+from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import from_dict, to_dict
-from multivae.data.split import SplitData
-from multivae.errors import UserError
-from multivae.evaluate import DEFAULT_METRICS, evaluate, model_scorer
-from multivae.metrics import parse_metric
-from multivae.model import ModelConfig, MultiDAE, MultiVAE, build_model, kl_divergence, kl_weight, l2_penalty, reconstruction_loss
-
-# The reference: beta = min(anneal_cap, update_count / total_anneal_steps), total_anneal_steps = 200,000 on
-# ML-20M (234 batches of 500 per epoch), so the slope is 1 / 200,000 per update whatever the cap, and cap 0.2
-# is reached after 40,000 updates (epoch 170.9 of 200). Our form min(cap, cap * step / anneal_steps) is the
-# same schedule with anneal_steps = cap * total_anneal_steps. On another dataset we keep the shape in epochs.
-REFERENCE_TOTAL_ANNEAL_STEPS = 200_000
-REFERENCE_BATCHES_PER_EPOCH = 234
-REFERENCE_TOTAL_ANNEAL_EPOCHS = REFERENCE_TOTAL_ANNEAL_STEPS / REFERENCE_BATCHES_PER_EPOCH   # 854.7
-# torch.optim.Adam's kernels: the same update rule; "foreach" and "single_tensor" give bit-identical results
-ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single_tensor": {"foreach": False}}
-REFERENCE_DAE_LAMBDA = 0.01  # divided by the batch size in the reference notebook (lam=0.01 / batch_size)
+from multivae.errors import ArgParser, UserError
+from multivae.files import check_writable_dir
+from multivae.evaluate import evaluate, model_scorer, popularity_scorer
+from multivae.model import ModelConfig
+from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
+                            save_state)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 500
-    lr: float = 1e-3
-    weight_decay: float | None = None   # lam in lam * sum ||W||^2; None: 0 for vae, 0.01 / batch_size for dae (reference)
-    anneal_cap: float = 0.2
-    anneal_steps: int | None = None     # updates to reach the cap; 0: beta = cap from the first update; None: the
-                                        # reference's schedule, cap * 854.7 epochs of updates (40,000 on ML-20M at cap 0.2)
-    eval_batch_size: int = 2000
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    select_metric: str = "ndcg@100"     # validation metric that picks the best epoch
-    seed: int = 98765
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    threads: int | None = None          # torch intra-op threads (None: torch's default)
-    adam: str = "fused"                 # Adam kernel: fused | foreach | single_tensor. One algorithm; fused is
-                                        # 1.3-1.5x faster per step and differs from the others in the last bits
-    malloc: str = "keep"                # keep: glibc keeps freed memory for reuse (multivae.allocator; same
-                                        # numbers, 1.35x per step on CPU); default: leave the allocator alone
+def _parser() -> ArgParser:
+    from multivae.data import DATASET_NAMES
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay is None or self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.anneal_cap >= 0, f"anneal_cap must be >= 0, got {self.anneal_cap}"),
-            (self.anneal_steps is None or self.anneal_steps >= 0, f"anneal_steps must be >= 0, got {self.anneal_steps}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-        if self.adam not in ADAM_KERNELS:
-            raise ValueError(f"adam must be one of {list(ADAM_KERNELS)}, got {self.adam!r}")
-        if self.malloc not in MALLOC_MODES:
-            raise ValueError(f"malloc must be one of {list(MALLOC_MODES)}, got {self.malloc!r}")
-        for m in (*self.metrics, self.select_metric):
-            parse_metric(m)
-        if self.select_metric not in self.metrics:
-            raise ValueError(f"select_metric {self.select_metric!r} must be one of metrics {list(self.metrics)}")
-
-
-def batches_per_epoch(n_train_users: int, batch_size: int) -> int:
-    return math.ceil(n_train_users / batch_size)
-
-
-def resolved_anneal_steps(cfg: TrainConfig, n_train_users: int) -> int:
-    if cfg.anneal_steps is not None:
-        return cfg.anneal_steps
-    return round(cfg.anneal_cap * REFERENCE_TOTAL_ANNEAL_EPOCHS * batches_per_epoch(n_train_users, cfg.batch_size))
+    p = ArgParser(prog="python -m multivae.train", description=__doc__.split("\n\n")[0])
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(n for n in DATASET_NAMES if n != 'file')} (default synthetic)")
+    d.add_argument("--data", metavar="PATH", help="a CSV/TSV/Parquet file of user-item interactions instead of --dataset")
+    d.add_argument("--user-col", default="user")
+    d.add_argument("--item-col", default="item")
+    d.add_argument("--rating-col", default="rating", help="rating column, or none for implicit data (default rating)")
+    d.add_argument("--data-dir", help="folder with an extracted MovieLens copy (else $MULTIVAE_DATA_DIR, else download)")
+    d.add_argument("--cache-dir", help="where downloads and processed splits are cached (default $MULTIVAE_DATA_DIR or ~/.cache/multivae)")
+    d.add_argument("--heldout-users", type=float, help="validation (and test) users: a count, or a fraction < 0.5 (default: the dataset's preset)")
+    d.add_argument("--min-rating", type=float, help="keep ratings > this (default 3.5, the paper)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", choices=["vae", "dae", "popularity"], default="vae")
+    m.add_argument("--likelihood", choices=["multinomial", "bernoulli", "gaussian"], default="multinomial")
+    m.add_argument("--hidden-dims", type=int, nargs="*", help="hidden layer sizes (default: 600 for vae, none for dae)")
+    m.add_argument("--latent-dim", type=int, default=200)
+    m.add_argument("--dropout", type=float, default=0.5)
+    m.add_argument("--no-normalize", action="store_true", help="skip the L2 normalization of input rows (ablation)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=500)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, help="lam in lam*sum||W||^2 (default 0 for vae, 0.01/batch_size for dae)")
+    t.add_argument("--anneal-cap", type=float, default=0.2)
+    t.add_argument("--anneal-steps", type=int, help="updates until beta reaches the cap (default: the reference schedule)")
+    t.add_argument("--beta-star", action="store_true", help="the paper's recipe: anneal to 1, take the beta of the best "
+                   "validation epoch (beta*), then retrain with that cap")
+    t.add_argument("--seed", type=int, default=98765)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--adam", choices=list(ADAM_KERNELS), default=TrainConfig.adam,
+                   help="Adam kernel (one algorithm; fused is fastest, foreach/single_tensor match each other bit for bit)")
+    t.add_argument("--malloc", choices=list(MALLOC_MODES), default=TrainConfig.malloc,
+                   help="keep: glibc keeps freed memory for reuse (faster, same numbers); default: leave it alone")
+    t.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (always at the end)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="runs/train", help="output directory (default runs/train)")
+    o.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
 
 
-def resolved_weight_decay(cfg: TrainConfig, model_cfg: ModelConfig) -> float:
-    if cfg.weight_decay is not None:
-        return cfg.weight_decay
-    return REFERENCE_DAE_LAMBDA / cfg.batch_size if model_cfg.model == "dae" else 0.0
+def dataset_config_from_args(args: Any):
+    from multivae.data import DatasetConfig, ProtocolConfig
+
+    protocol: dict[str, Any] = {}
+    if args.heldout_users is not None:
+        h = args.heldout_users
+        protocol["heldout_users"] = int(h) if h >= 1 and float(h).is_integer() else h
+    if args.min_rating is not None:
+        protocol["min_rating"] = args.min_rating
+    fields: dict[str, Any] = {"name": "file", "path": args.data} if args.data else {"name": args.dataset}
+    if args.data:
+        fields |= {"user_col": args.user_col, "item_col": args.item_col,
+                   "rating_col": None if args.rating_col.lower() == "none" else args.rating_col}
+    if args.data_dir:
+        fields["data_dir"] = args.data_dir
+    fields["protocol"] = from_dict(ProtocolConfig, protocol, where="command line")
+    return from_dict(DatasetConfig, fields, where="command line")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
+class ProgressBar(Callback):
+    def __init__(self, total: int, start: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = None if quiet else tqdm(total=total, initial=start, desc="epochs", unit="ep", file=sys.stderr)
+
+    def on_epoch(self, record: dict, state: TrainState) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(ndcg=f"{record['ndcg@100']:.4f}", best=f"{record['best_ndcg@100']:.4f}", beta=f"{record['kl_weight']:.3f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class PeriodicCheckpoint(Callback):
+    def __init__(self, path: Path, every: int, item_ids, extra: dict) -> None:
+        self.path, self.every, self.item_ids, self.extra = path, every, item_ids, extra
+
+    def on_epoch(self, record: dict, state: TrainState) -> None:
+        if state.epoch % self.every == 0:
+            save_state(state, self.path, self.item_ids, self.extra)
+
+
+class Both(Callback):
+    def __init__(self, *cbs: Callback) -> None:
+        self.cbs = cbs
+
+    def on_step(self, record: dict) -> None:
+        for cb in self.cbs:
+            cb.on_step(record)
+
+    def on_epoch(self, record: dict, state: TrainState) -> bool:
+        return any([bool(cb.on_epoch(record, state)) for cb in self.cbs])
+
+
+def train_one(split, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, resume: bool, quiet: bool, every: int, extra: dict) -> TrainState:
+    ckpt = out / CHECKPOINT_NAME
+    if resume:
+        state = restore_state(ckpt, n_items=split.n_items, train_config=cfg)
+        print(f"resumed from {ckpt} at epoch {state.epoch}, global step {state.global_step}", file=sys.stderr)
+    else:
+        state = init_state(split.n_items, model_cfg, cfg)
+    bar = ProgressBar(cfg.epochs, state.epoch, quiet)
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+        fit(split, state=state, callback=Both(bar, PeriodicCheckpoint(ckpt, every, split.item_ids, extra)))
+    finally:
+        bar.close()
+    save_state(state, ckpt, split.item_ids, extra)
+    return state
 
 
-@dataclass
-class TrainState:
-    model: MultiVAE | MultiDAE
-    optimizer: torch.optim.Optimizer
-    model_config: ModelConfig
-    train_config: TrainConfig
-    rng: np.random.Generator            # shuffles the training users each epoch
-    epoch: int = 0                      # completed epochs
-    global_step: int = 0                # optimizer updates so far, over all epochs
-    best: dict[str, Any] = field(default_factory=dict)       # metric value, epoch, kl_weight at the best epoch
-    best_model: dict[str, torch.Tensor] | None = None         # state_dict of the best-by-validation model
-    history: list[dict[str, Any]] = field(default_factory=list)
+def main(argv: Sequence[str] | None = None) -> int:
+    from multivae.data import load_dataset
 
-    @property
-    def best_value(self) -> float:
-        return float(self.best.get("value", -math.inf))
+    args = _parser().parse_args(argv)
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    out = Path(args.out)
+    metrics_path = out / "metrics.json"
+    check_writable_dir(out, "--out")
+    if (out / CHECKPOINT_NAME).exists() or metrics_path.exists():
+        if not (args.resume or args.overwrite):
+            raise UserError(f"{out}: a run already exists there; pass --resume to continue it or --overwrite to replace it")
+    elif args.resume:
+        raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
 
+    # Every flag is checked before the data is read and before --out is created: a bad value writes nothing.
+    data_cfg = dataset_config_from_args(args)
+    model_cfg = cfg = None
+    if args.model != "popularity":
+        model_cfg = from_dict(ModelConfig, {
+            "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim, "dropout": args.dropout,
+            "hidden_dims": args.hidden_dims, "normalize_input": not args.no_normalize}, where="command line")
+        cfg = from_dict(TrainConfig, {
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+            "anneal_cap": args.anneal_cap, "anneal_steps": args.anneal_steps, "seed": args.seed, "device": args.device,
+            "threads": args.threads, "adam": args.adam, "malloc": args.malloc}, where="command line")
+        resolve_device(cfg.device)
+    split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": split.stats(), "command": " ".join(sys.argv)}
+    extra = {"split_path": split.info.get("cache_path"), "dataset": to_dict(data_cfg)}
 
-class Callback:
-    """Hooks the loop calls; `tuning/` subclasses this to report to Ray Tune and TensorBoard."""
-
-    def on_step(self, record: dict[str, float]) -> None:
-        """After every optimizer update: global_step, epoch, loss, recon, kl, kl_weight."""
-
-    def on_epoch(self, record: dict[str, Any], state: TrainState) -> bool | None:
-        """After every epoch's validation. Return True to stop training."""
-
-
-def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainState:
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    model = build_model(n_items, model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **ADAM_KERNELS[cfg.adam])
-    return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
-
-
-def train_epoch(state: TrainState, split: SplitData, anneal_steps: int, lam: float, callback: Callback) -> dict[str, float]:
-    model, opt, cfg = state.model, state.optimizer, state.train_config
-    device = next(model.parameters()).device
-    is_vae = isinstance(model, MultiVAE)
-    model.train()
-    order = state.rng.permutation(split.train.shape[0])
-    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-    n_batches = 0
-    beta = 0.0
-    for start in range(0, len(order), cfg.batch_size):
-        x = SparseBatch.from_csr(split.train, np.sort(order[start:start + cfg.batch_size])).to(device)
-        beta = kl_weight(state.global_step, cfg.anneal_cap, anneal_steps) if is_vae else 0.0
-        logits, mu, logvar = model(x)
-        recon = reconstruction_loss(logits, x, model.config.likelihood)
-        kl = kl_divergence(mu, logvar) if is_vae else torch.zeros((), device=device)
-        loss = recon + beta * kl + l2_penalty(model, lam)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.global_step += 1
-        step = {"global_step": state.global_step, "epoch": state.epoch + 1, "loss": loss.item(),
-                "recon": recon.item(), "kl": kl.item(), "kl_weight": beta}
-        if not math.isfinite(step["loss"]):
-            raise FloatingPointError(f"loss became {step['loss']} at global step {state.global_step} (epoch {state.epoch + 1}); "
-                                     f"lower the learning rate (lr={cfg.lr})")
-        for k in sums:
-            sums[k] += step[k]
-        n_batches += 1
-        callback.on_step(step)
-    return {k: v / max(1, n_batches) for k, v in sums.items()} | {"kl_weight": beta}
-
-
-def validate(state: TrainState, split: SplitData) -> dict[str, float]:
-    cfg = state.train_config
-    device = next(state.model.parameters()).device
-    return evaluate(model_scorer(state.model), split.val_fold_in, split.val_target, cfg.metrics, cfg.eval_batch_size, device)
-
-
-def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
-        state: TrainState | None = None, callback: Callback | None = None) -> TrainState:
-    """Train until `cfg.epochs` (continuing from `state` when given), keeping the best-by-validation model."""
-    if state is None:
-        state = init_state(split.n_items, model_cfg or ModelConfig(), cfg or TrainConfig())
-    model_cfg, cfg, callback = state.model_config, state.train_config, callback or Callback()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.malloc == "keep":
-        keep_freed_memory()
-    anneal_steps = resolved_anneal_steps(cfg, split.train.shape[0])
-    lam = resolved_weight_decay(cfg, model_cfg)
-    while state.epoch < cfg.epochs:
+    if args.model == "popularity":
+        score = popularity_scorer(split.train)
+        report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target),
+                   "test": evaluate(score, split.test_fold_in, split.test_target)}
+    else:
+        assert model_cfg is not None and cfg is not None
         t0 = time.perf_counter()
-        train_stats = train_epoch(state, split, anneal_steps, lam, callback)
-        t1 = time.perf_counter()
-        val = validate(state, split)
-        t2 = time.perf_counter()
-        state.epoch += 1
-        value = val[cfg.select_metric]
-        if value > state.best_value:
-            state.best = {"value": value, "metric": cfg.select_metric, "epoch": state.epoch, "kl_weight": train_stats["kl_weight"],
-                          "global_step": state.global_step, "val": {m: val[m] for m in cfg.metrics}}
-            state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in state.model.state_dict().items()}
-        record = {"epoch": state.epoch, "global_step": state.global_step, **train_stats,
-                  **{m: val[m] for m in cfg.metrics},
-                  f"best_{cfg.select_metric}": state.best_value, "best_epoch": state.best["epoch"],
-                  "beta_at_best": state.best["kl_weight"], "anneal_steps": anneal_steps,
-                  "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1}
-        state.history.append(record)
-        if callback.on_epoch(record, state):
-            break
-    return state
-
-
-# --- checkpoints -------------------------------------------------------------------------------------
-
-def state_payload(state: TrainState, item_ids: np.ndarray | None = None, extra: dict | None = None) -> dict[str, Any]:
-    payload = {
-        "model_config": to_dict(state.model_config),
-        "train_config": to_dict(state.train_config),
-        "n_items": state.model.n_items,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "best_model": state.best_model,
-        "epoch": state.epoch,
-        "global_step": state.global_step,
-        "best": state.best,
-        "history": state.history,
-        "rng": {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state()},
-        "extra": extra or {},
-    }
-    if item_ids is not None:
-        payload["item_ids"] = [x.item() if hasattr(x, "item") else x for x in item_ids]
-    return payload
-
-
-def save_state(state: TrainState, path, item_ids: np.ndarray | None = None, extra: dict | None = None):
-    return save_checkpoint(state_payload(state, item_ids, extra), path)
-
-
-def configs_from_payload(payload: dict[str, Any], where: str) -> tuple[ModelConfig, TrainConfig]:
-    return (from_dict(ModelConfig, payload["model_config"], where=where),
-            from_dict(TrainConfig, payload["train_config"], where=where))
-
-
-def restore_state(path, n_items: int | None = None, device: str | None = None,
-                  train_config: TrainConfig | None = None) -> TrainState:
-    """Rebuild a TrainState from a checkpoint (optionally with a new train config, e.g. more epochs)."""
-    payload = load_checkpoint(path)
-    where = str(path)
-    model_cfg, cfg = configs_from_payload(payload, where)
-    if train_config is not None:
-        cfg = train_config
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    if n_items is not None and payload["n_items"] != n_items:
-        raise UserError(f"{path}: checkpoint is for {payload['n_items']} items but the dataset has {n_items}")
-    state = init_state(payload["n_items"], model_cfg, cfg)
-    try:
-        state.model.load_state_dict(payload["model"])
-        state.optimizer.load_state_dict(payload["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: checkpoint does not match its model config ({str(exc).splitlines()[0]})") from None
-    state.epoch, state.global_step = int(payload["epoch"]), int(payload["global_step"])
-    state.best, state.best_model, state.history = dict(payload["best"]), payload["best_model"], list(payload["history"])
-    state.rng.bit_generator.state = payload["rng"]["numpy"]
-    torch.set_rng_state(payload["rng"]["torch"])
-    return state
-
-
-def best_model(state: TrainState) -> MultiVAE | MultiDAE:
-    """A copy of the model with the best-by-validation weights (the one the paper tests)."""
-    model = copy.deepcopy(state.model)
-    if state.best_model is not None:
-        model.load_state_dict(state.best_model)
-    return model.eval()
-
+        if args.beta_star:
+            sweep = train_one(split, model_cfg, dataclasses.replace(cfg, anneal_cap=1.0), out / "beta_sweep",
+                              args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
+            beta_star = float(sweep.best["kl_weight"])
+            print(f"beta* = {beta_star:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
+            report["beta_star"] = {"value": beta_star, "sweep_best": sweep.best}
+            cfg = dataclasses.replace(cfg, anneal_cap=beta_star)
+            resume = args.resume and (out / CHECKPOINT_NAME).exists()
+        else:
+            resume = args.resume
+        state = train_one(split, model_cfg, cfg, out, resume, args.quiet, args.checkpoint_every, extra)
+        wall = time.perf_counter() - t0
+        model = best_model(state)
+        device = next(model.parameters()).device
+        epoch_times = [h["epoch_time_s"] for h in state.history]
+        report |= {
+            "model": args.model, "model_config": to_dict(model_cfg), "train_config": to_dict(cfg),
+            "best": state.best, "epochs": state.epoch, "global_step": state.global_step,
+            "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
+            "time_per_epoch_s": sum(epoch_times) / max(1, len(epoch_times)),
+            "eval_time_per_epoch_s": sum(h["eval_time_s"] for h in state.history) / max(1, len(state.history)),
+            "wall_s": wall,
+            "test": evaluate(model_scorer(model), split.test_fold_in, split.test_target, cfg.metrics, cfg.eval_batch_size, device),
+            "history": state.history,
+        }
+        report["val"] = state.best.get("val", {})
+    tmp = metrics_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(metrics_path)
+    val, test = report["val"], report["test"]
+    print(f"{'':>6} {'NDCG@100':>9} {'Recall@20':>10} {'Recall@50':>10}")
+    for name, r in (("val", val), ("test", test)):
+        print(f"{name:>6} {r.get('ndcg@100', float('nan')):9.4f} {r.get('recall@20', float('nan')):10.4f} {r.get('recall@50', float('nan')):10.4f}")
+    if args.model != "popularity":
+        print(f"best epoch {report['best']['epoch']} (beta {report['best']['kl_weight']:.4f}), "
+              f"{report['time_per_epoch_s']:.3f} s/epoch train, {report['eval_time_per_epoch_s']:.3f} s/epoch validation")
+    print(f"wrote {metrics_path}")
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     from multivae.errors import run_cli
-    from multivae.train_cli import main
 
     sys.exit(run_cli(main, prog="multivae.train"))

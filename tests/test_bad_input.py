@@ -266,11 +266,11 @@ def outcomes(request, tmp_path_factory):
 
 
 def run_in_process(case: Case, d: Path, t: Path, capsys) -> SimpleNamespace:
-    from multivae import recommend, train_cli
+    from multivae import recommend, train
     from multivae.errors import run_cli
     from tuning import run
 
-    main, prog = {"multivae.train": (train_cli.main, "multivae.train"), "multivae.recommend": (recommend.main, "multivae.recommend"),
+    main, prog = {"multivae.train": (train.main, "multivae.train"), "multivae.recommend": (recommend.main, "multivae.recommend"),
                   "tuning.run": (run.main, "python -m tuning.run")}[case.module]
     (t / "keep.txt").write_text("a file the command must leave alone\n")
     t_before = snapshot(t)
@@ -321,7 +321,7 @@ def test_duplicated_rows_are_dropped_with_a_warning(outcomes):
 
 def test_multivae_clis_never_import_ray_or_optuna():
     """The core CLIs start fast and alone: neither Ray nor Optuna is imported (nor TensorBoard)."""
-    code = ("import sys, multivae.train, multivae.train_cli, multivae.recommend, multivae.data; "
+    code = ("import sys, multivae.train, multivae.training, multivae.recommend, multivae.data; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna', 'tensorboard')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

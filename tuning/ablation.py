@@ -45,7 +45,7 @@ from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.errors import ArgParser, UserError, run_cli
 from multivae.evaluate import DEFAULT_METRICS, ScoreFn, model_scorer, per_user_metrics, popularity_scorer, summarize
 from multivae.model import MultiVAE, build_model, kl_divergence
-from multivae.train import batches_per_epoch, configs_from_payload
+from multivae.training import batches_per_epoch, configs_from_payload
 
 KINDS = ("likelihood", "annealing", "inference", "input", "budget")
 # The settings each kind varies besides the seed (None: any; the budget ablation compares searched models).

@@ -161,7 +161,7 @@ def check_storage(root: str) -> None:
     """Refuse, before the data is read and before Ray starts, a local --storage that cannot be written
     (read-only, a file in the way, a full disk): a probe file is created, synced and removed there. A remote
     URI (s3://, gs://) is not probed: that would need the network and credentials here; Ray reports it."""
-    from multivae.train_cli import check_writable_dir
+    from multivae.files import check_writable_dir
 
     local = _local_path(root)
     if local is not None:
@@ -428,7 +428,7 @@ def evaluate_best(best: TrialSummary, split) -> dict[str, Any]:
 
     from multivae.checkpoint import CHECKPOINT_NAME
     from multivae.evaluate import evaluate, model_scorer, popularity_scorer
-    from multivae.train import best_model, restore_state
+    from multivae.training import best_model, restore_state
 
     ckpt = best.result.checkpoint
     if ckpt is None:

@@ -35,7 +35,7 @@ from multivae.data import DatasetConfig
 from multivae.errors import UserError, one_line
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig
-from multivae.train import TrainConfig
+from multivae.training import TrainConfig
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 

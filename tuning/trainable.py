@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: a thin adapter from one trial's config to `multivae.train.fit`.
+"""The Ray Tune trainable: a thin adapter from one trial's config to `multivae.training.fit`.
 
     tune.with_parameters(train_multivae, split=split)   # the processed dataset goes to the object store once
 
@@ -24,7 +24,7 @@ from ray import tune
 
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
-from multivae.train import Callback, TrainState, fit, init_state, restore_state, save_state
+from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
 from tuning.space import split_trial_config
 from tuning.tblog import TrialWriter
 

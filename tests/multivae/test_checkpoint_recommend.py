@@ -11,7 +11,7 @@ from multivae.checkpoint import load_checkpoint, save_checkpoint
 from multivae.errors import UserError
 from multivae.model import ModelConfig
 from multivae.recommend import load_model_for_inference, rows_from_items, top_k
-from multivae.train import TrainConfig, fit, restore_state, save_state
+from multivae.training import TrainConfig, fit, restore_state, save_state
 
 from .helpers import small_split
 

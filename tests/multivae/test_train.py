@@ -8,7 +8,7 @@ import torch
 
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
-from multivae.train import (ADAM_KERNELS, REFERENCE_TOTAL_ANNEAL_EPOCHS, Callback, TrainConfig, best_model, fit, init_state, resolved_anneal_steps,
+from multivae.training import (ADAM_KERNELS, REFERENCE_TOTAL_ANNEAL_EPOCHS, Callback, TrainConfig, best_model, fit, init_state, resolved_anneal_steps,
                             resolved_weight_decay, restore_state, save_state)
 
 from .helpers import small_split

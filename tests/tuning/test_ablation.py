@@ -11,7 +11,7 @@ import torch
 from multivae.errors import UserError
 from multivae.evaluate import evaluate, model_scorer, per_user_metrics
 from multivae.model import ModelConfig, MultiVAE
-from multivae.train import TrainConfig, best_model, fit, save_state
+from multivae.training import TrainConfig, best_model, fit, save_state
 from tuning import ablation
 from tuning.space import Choice, available_spaces, load_space
 

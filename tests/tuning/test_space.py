@@ -11,7 +11,7 @@ import yaml  # noqa: E402
 
 from multivae.errors import UserError  # noqa: E402
 from multivae.model import ModelConfig  # noqa: E402
-from multivae.train import REFERENCE_TOTAL_ANNEAL_EPOCHS, TrainConfig, batches_per_epoch, resolved_anneal_steps  # noqa: E402
+from multivae.training import REFERENCE_TOTAL_ANNEAL_EPOCHS, TrainConfig, batches_per_epoch, resolved_anneal_steps  # noqa: E402
 from tuning import space as sp  # noqa: E402
 from tuning.space import (  # noqa: E402
     Choice, IntRange, LogUniform, Uniform, available_spaces, decode_value, encode_value, load_space, parse_space,

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from multivae.checkpoint import CHECKPOINT_NAME
-from multivae.train import restore_state
+from multivae.training import restore_state
 from tests.multivae.helpers import clustered_interactions
 from tests.tuning.helpers import events, result_rows, trial_dirs
 from tuning.tblog import SUBDIR
