@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, NoReturn, Union, get_args, get_origin, get_type_hints
 
-import yaml
 
 from multivae.config import from_dict, to_dict
 from multivae.data import DatasetConfig
 from multivae.errors import UserError, one_line
+from multivae.yamlfile import load_yaml_text
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig
 from multivae.training import TrainConfig
@@ -147,7 +147,7 @@ def load_space(name_or_path: str, *, name: str | None = None) -> SearchSpace:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{label}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    return _parse(_load_yaml(text, label), source=str(path), label=label, name=name)
+    return _parse(load_yaml_text(text, label), source=str(path), label=label, name=name)
 
 
 def parse_space(data: Any, source: str, *, name: str | None = None) -> SearchSpace:
@@ -181,40 +181,6 @@ def _display(path: str | Path) -> str:
         return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
     except (ValueError, OSError):
         return str(path)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last, silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:
-            continue   # an unhashable key: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
-                                                    f"found duplicate key {key!r}", key_node.start_mark)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _load_yaml(text: str, label: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise UserError(f"{label}: invalid YAML{where}: {one_line(exc.problem or exc.context or exc)}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{label}: invalid YAML: {one_line(exc)}") from None
 
 
 # --- the parser: every rule, each failure one line naming file, key path and value ----------------------
