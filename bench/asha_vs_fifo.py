@@ -42,9 +42,9 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from bench.common import REPO_ROOT, fmt, machine_info, print_table, write_result  # noqa: E402
-from tuning import run  # noqa: E402
+from tuning import experiment, run  # noqa: E402
 from tuning.report import load_trials  # noqa: E402
-from tuning.trainable import asha_rungs  # noqa: E402
+from tuning.space import asha_rungs  # noqa: E402
 
 METRIC = "ndcg@100"
 WITHIN = 0.99          # "within 1 % of the best"
@@ -143,7 +143,7 @@ def run_search(name: str, space: dict[str, Any], work: Path, data_dir: str | Non
     if rc != 0:
         raise RuntimeError(f"the {name} search ended with exit status {rc}")
     exp = work / "ray_results" / name
-    res = json.loads((exp / run.RESULTS).read_text())
+    res = json.loads((exp / experiment.RESULTS).read_text())
     summary = {
         "experiment": str(exp), "space_file": str(path), "scheduler": res["scheduler"], "trials": res["trials"],
         "epochs_trained": len(log.epochs), f"best_val_{METRIC}": max(v for _, v in log.epochs),

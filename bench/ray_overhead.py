@@ -6,7 +6,7 @@
 One local Ray (2 CPUs, 127.0.0.1 only, no dashboard) serves both parts; it is shut down before the baseline.
 
 time:   the smoke space (search_spaces/smoke.yaml) with FIFO instead of ASHA and `--epochs` epochs, so every
-        trial trains to the end, run through the product's code path: `tuning.run.build_tuner` (OptunaSearch,
+        trial trains to the end, run through the product's code path: `tuning.tuner.new_tuner` (OptunaSearch,
         the concurrency limit, `tune.with_parameters`, TensorBoard, checkpoints) and
         `tuning.trainable.train_multivae`, 1 CPU per trial, 2 at a time. Per trial, from timestamps: the
         driver's clock when Tune creates the trial, when its actor has started and when Tune sees it
@@ -53,7 +53,8 @@ from bench.common import machine_info, print_table, write_result  # noqa: E402
 from multivae.data import load_dataset  # noqa: E402
 from multivae.data.split import SplitData  # noqa: E402
 from multivae.training import fit, init_state  # noqa: E402
-from tuning import run, trainable  # noqa: E402
+from tuning import trainable  # noqa: E402
+from tuning import tuner as tuning_tuner  # noqa: E402
 from tuning.space import load_space, parse_space, space_to_dict, split_trial_config  # noqa: E402
 
 CONCURRENT = 2   # Ray's CPUs and trials at once: the machine has 2 cores
@@ -148,14 +149,13 @@ def timed(original, events_path: str):
 
 
 def ray_search(space, split, tmp: Path) -> dict[str, Any]:
-    """The search through tuning.run.build_tuner; per trial its timestamps and its time in epochs."""
+    """The search through tuning.tuner.new_tuner; per trial its timestamps and its time in epochs."""
     events, clock = tmp / "events.jsonl", TrialClock()
-    args = SimpleNamespace(resume=False, quiet=True, max_failures=0, retry_errored=False)   # what build_tuner reads
     original = trainable.train_multivae
     trainable.train_multivae = timed(original, str(events))   # build_tuner imports it from there when called
     try:
         t = time.perf_counter()
-        tuner = run.build_tuner(space, split, args, "overhead", str(tmp), str(tmp / "overhead"), callbacks=[clock])
+        tuner = tuning_tuner.new_tuner(space, split, name="overhead", root=str(tmp), max_failures=0, quiet=True, callbacks=[clock])
         setup_s = time.perf_counter() - t
         fit_start, cpu0 = time.time(), time.process_time()
         results = tuner.fit()

@@ -1,42 +1,84 @@
-"""Driver-side pieces of a Tune run that Tune pickles with the experiment (so they live in a module).
+"""Driver-side pieces of a Tune run that Tune pickles with the experiment (so they live in a module): the
+progress line and the trial folder names.
 
 Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds.
 """
 
 from __future__ import annotations
 
+import time
+
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 
-class TuneScalars(TBXLoggerCallback):
-    """Tune's own TensorBoard logger (a `ray/tune/*` scalar per reported key), minus its end-of-trial
-    HParams summary: TensorBoard's HParams tab uses the *first* experiment summary it finds, and the
-    trials' own runs (`tuning.tblog`) carry one whose metric tags exist in those runs."""
+class NoTuneTensorBoard(TBXLoggerCallback):
+    """Stands in for Tune's default TensorBoard logger and writes nothing: each trial writes its own run
+    (`tuning.tblog`), and Tune's would be a second run per trial in TensorBoard. Tune adds its default
+    loggers (JSON, CSV, TensorBoard) only where none of that kind is given; the JSON and CSV ones stay."""
 
-    def _try_log_hparams(self, trial, result) -> None:
+    def log_trial_start(self, trial) -> None:
+        return None
+
+    def log_trial_result(self, iteration, trial, result) -> None:
+        return None
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
         return None
 
 
-class ProgressLine(tune.Callback):
-    """One compact line per trial result: trial, epoch, the metric, the trial's best, the KL weight."""
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
-    def __init__(self, metric: str, max_t: int | None) -> None:
-        self.metric, self.max_t = metric, max_t
+
+class ProgressLine(tune.Callback):
+    """One compact line per trial result: trial k/N, epoch, the metric, the trial's best, the KL weight, the
+    search's elapsed time and an ETA (the mean time per ended trial so far, times the trials still to end)."""
+
+    def __init__(self, metric: str, max_t: int | None, num_samples: int | None = None) -> None:
+        self.metric, self.max_t, self.num_samples = metric, max_t, num_samples
+        self.start: float | None = None
+        self.numbers: dict[str, int] = {}
+        self.ended: set[str] = set()
+
+    def _eta(self) -> str:
+        if self.start is None:
+            return ""
+        elapsed = time.monotonic() - self.start
+        text = f"  {_clock(elapsed)} elapsed"
+        if self.num_samples and self.ended:
+            left = max(0, self.num_samples - len(self.ended))
+            text += f", ETA {_clock(elapsed / len(self.ended) * left)}" if left else ""
+        return text
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self.start is None:
+            self.start = time.monotonic()
+        self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         epoch = result.get("epoch")
         if epoch is None or self.metric not in result:
             return
+        if self.start is None:
+            self.start = time.monotonic()
         end = ""
         if result.get("done"):
+            self.ended.add(trial.trial_id)
             end = "  done" if self.max_t is None or epoch >= self.max_t else "  stopped by ASHA"
+        k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
         of = f"/{self.max_t}" if self.max_t else ""
-        print(f"{trial.trial_id}  epoch {epoch:>3}{of}  {self.metric} {result[self.metric]:.4f}  "
+        n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
+        print(f"trial {n} {trial.trial_id}  epoch {epoch:>3}{of}  {self.metric} {result[self.metric]:.4f}  "
               f"best {result.get(f'best_{self.metric}', float('nan')):.4f}  "
-              f"beta {result.get('kl_weight', float('nan')):.4f}{end}", flush=True)
+              f"beta {result.get('kl_weight', float('nan')):.4f}{end}{self._eta()}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         print(f"{trial.trial_id}  ERROR (details: {trial.path}/error.txt)", flush=True)
 
 

@@ -16,10 +16,8 @@ search runs, after an interruption, and without Ray. Writes into `<experiment>/r
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,34 +28,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from multivae.errors import ArgParser, UserError, run_cli  # noqa: E402
-from tuning.run import RESULTS, RUN_META, SPACE_COPY  # noqa: E402  (files that tuning.run writes)
+from tuning import experiment, ray_compat  # noqa: E402
+from tuning.experiment import RESULTS, RUN_META, SPACE_COPY, STATUS_LABEL, TrialRecord  # noqa: E402
 
-STATUS_LABEL = {"completed": "completed", "stopped_by_asha": "stopped by ASHA", "errored": "errored",
-                "unfinished": "unfinished", "pending": "no result yet"}
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    number: int
-    path: Path
-    config: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)   # one per epoch reported, in order
-    errored: bool = False
-    status: str = "pending"
-
-    @property
-    def epochs(self) -> int:
-        return max((int(r.get("epoch", 0)) for r in self.rows), default=0)
-
-    def best(self, metric: str, mode: str) -> dict[str, Any] | None:
-        rows = [r for r in self.rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-        if not rows:
-            return None
-        pick = max if mode == "max" else min
-        return pick(rows, key=lambda r: r[metric])
+Trial = TrialRecord   # what the plots and tables below take
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,77 +48,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    """result.json: one JSON object per reported result (a partly written last line is skipped)."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "epoch" in row:
-            rows.append(row)
-    return rows
-
-
-def _trial_number(dirname: str, trial_id: str, fallback: int) -> int:
-    """From `trial_0003_<id>` (tuning.run) or Ray's default `<trainable>_<id>_3_<params>_<date>`."""
-    m = re.match(r"trial_(\d+)_", dirname) or re.search(rf"{re.escape(trial_id)}_(\d+)", dirname)
-    return int(m.group(1)) if m else fallback
-
-
-def load_trials(exp: Path, max_t: int | None) -> list[Trial]:
-    trials = []
-    for i, d in enumerate(sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists())):
-        try:
-            config = json.loads((d / "params.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-        rows = _read_results(d / "result.json")
-        # A trial restarted from a checkpoint reports its epochs again from there: keep the latest of each.
-        by_epoch = {int(r["epoch"]): r for r in rows}
-        rows = [by_epoch[e] for e in sorted(by_epoch)]
-        trial_id = rows[-1].get("trial_id") if rows else None
-        if not trial_id:
-            m = re.match(r"trial_\d+_(\w+)$", d.name) or re.search(r"_([0-9a-f]{8})_\d+", d.name)
-            trial_id = m.group(1) if m else d.name
-        t = Trial(trial_id, _trial_number(d.name, trial_id, i), d, _flatten(config), rows,
-                  errored=(d / "error.txt").exists() or (d / "error.pkl").exists())
-        # Tune marks the last row `done` only when a scheduler stops the trial; a trial that trained all its
-        # planned epochs is complete whatever the flag says (FIFO), even after a recovered crash (error.txt).
-        limit = max_t or planned_epochs(t.config)
-        if rows and limit is not None and t.epochs >= limit:
-            t.status = "completed"
-        elif rows and last_row_done(d / "result.json"):
-            t.status = "stopped_by_asha" if limit is not None else "completed"
-        elif t.errored:
-            t.status = "errored"
-        elif rows:
-            t.status = "unfinished"
-        trials.append(t)
-    return sorted(trials, key=lambda t: t.number)
-
-
-def planned_epochs(config: dict[str, Any]) -> int | None:
-    """The epochs a trial was configured for (when the scheduler's max_t is not known); `config` flat or nested."""
-    for k, v in _flatten(config).items():
-        if k.split("/")[-1] == "epochs" and isinstance(v, int):
-            return v
-    return None
-
-
-def last_row_done(path: Path) -> bool:
-    """The `done` flag of the last readable row of a result.json."""
-    if not path.exists():
-        return False
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            return bool(json.loads(line).get("done"))
-        except json.JSONDecodeError:
-            continue
-    return False
+def load_trials(exp: Path, max_t: int | None) -> list[TrialRecord]:
+    """The experiment's trials (`tuning.experiment.read_trials`), with Tune's recorded final states when its
+    snapshot is there, and each config flattened for the tables."""
+    trials = experiment.read_trials(str(exp), max_t=max_t, final_states=ray_compat.snapshot_trial_states(str(exp)))
+    for t in trials:
+        t.config = _flatten(t.config)
+    return trials
 
 
 # --- what the run recorded about itself ---------------------------------------------------------------
@@ -163,14 +76,13 @@ def read_run_info(exp: Path) -> RunInfo:
     if (exp / RESULTS).exists():
         try:
             info.results = json.loads((exp / RESULTS).read_text())
-        except json.JSONDecodeError:
+        except (ValueError, UnicodeDecodeError):
+            print(f"note: {exp / RESULTS} is not valid JSON; the report shows validation results only", file=sys.stderr)
             info.results = None
     if (exp / SPACE_COPY).exists():
         try:
-            from ray.tune.search.optuna import OptunaSearch
-
-            from tuning.space import load_space, to_tune
-            from tuning.trainable import asha_rungs
+            from tuning.space import load_space, to_optuna
+            from tuning.space import asha_rungs
 
             space = load_space(str(exp / SPACE_COPY))
             info.space_name = space.name
@@ -180,7 +92,7 @@ def read_run_info(exp: Path) -> RunInfo:
             if space.scheduler.type == "asha":
                 sched = space.scheduler
                 info.max_t, info.rungs = sched.max_t, asha_rungs(sched.grace_period, sched.max_t, sched.reduction_factor)
-            info.distributions = OptunaSearch.convert_search_space(to_tune(space))
+            info.distributions = to_optuna(space)
             info.params = list(info.distributions)
         except Exception as exc:  # noqa: BLE001 - the report still works from the trials alone
             print(f"note: {exp / SPACE_COPY} not used ({exc.__class__.__name__}: {exc}); parameters inferred from the trials",
@@ -262,11 +174,10 @@ def leaderboard(trials: list[Trial], params: Sequence[str], metric: str, mode: s
     return [{"rank": r.pop("rank"), **r} for r in rows]
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
-        w.writeheader()
-        w.writerows(rows)
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = ("trial_id",)) -> None:
+    from multivae.files import atomic_write_text
+
+    atomic_write_text(path, pd.DataFrame(rows, columns=list(rows[0]) if rows else list(columns)).to_csv(index=False))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -393,10 +304,8 @@ def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
         importance_note = "" if importances else "fewer than two trials with a result: no importances"
     except Exception as exc:  # noqa: BLE001 - e.g. no parameter varies
         importances, importance_note = {}, f"not computed ({exc.__class__.__name__}: {exc})"
-    with (out / "importances.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["parameter", "importance"])
-        w.writerows((k, f"{v:.6f}") for k, v in importances.items())
+    write_csv([{"parameter": k, "importance": f"{v:.6f}"} for k, v in importances.items()], out / "importances.csv",
+              columns=("parameter", "importance"))
 
     plot_history(trials, info.metric, info.mode, out / "history.png")
     plot_curves(trials, info.metric, info.mode, min(top, 10), info.max_t, info.rungs, out / "curves.png")

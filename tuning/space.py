@@ -441,6 +441,16 @@ def _scheduler(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg:
     return SchedulerSettings("asha", max_t, grace, float(rf))
 
 
+def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
+    """The epochs before max_t at which ASHA may stop a trial: its milestones grace * rf^k, computed as Ray's
+    `_Bracket` does, each reached at the first epoch >= it.
+
+    A trial is checkpointed at each of them, so a trial stopped there keeps its best weights."""
+    n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    milestones = (grace_period * reduction_factor ** k for k in range(n_rungs))
+    return sorted({math.ceil(m) for m in milestones if m < max_t})
+
+
 # --- values, probes, the dataclasses --------------------------------------------------------------------
 
 def _build(config: Mapping[str, Any], where: str, prefix: str = "") -> tuple[ModelConfig, TrainConfig]:
@@ -628,6 +638,15 @@ def with_overrides(space: SearchSpace, **overrides: Any) -> SearchSpace:
     return _parse(data, source=space.source, label=f"{_display(space.source)} with {flags}", name=space.name)
 
 
+def space_to_yaml(space: SearchSpace) -> str:
+    """The space as a YAML document of the schema (what `load_space` reads back)."""
+    import yaml
+
+    from multivae.files import jsonable
+
+    return yaml.safe_dump(jsonable(space_to_dict(space)), sort_keys=False)
+
+
 def space_to_dict(space: SearchSpace) -> dict[str, Any]:
     """The space in the YAML schema (`parse_space(space_to_dict(s), s.source) == s`)."""
     def dist(d: Distribution) -> dict[str, Any]:
@@ -653,7 +672,7 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
 
 __all__ = [
     "SPACES_DIR", "Choice", "CheckpointSettings", "Distribution", "IntRange", "LogUniform", "Resources",
-    "SchedulerSettings", "SearchSettings", "SearchSpace", "Uniform", "available_spaces", "decode_value",
-    "encode_value", "load_space", "parse_space", "representative", "space_to_dict", "split_trial_config",
+    "SchedulerSettings", "SearchSettings", "asha_rungs", "SearchSpace", "Uniform", "available_spaces", "decode_value",
+    "encode_value", "load_space", "parse_space", "representative", "space_to_dict", "space_to_yaml", "split_trial_config",
     "to_optuna", "to_tune", "validate_resources", "with_overrides",
 ]

@@ -44,7 +44,13 @@ class TrialWriter:
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.metrics, self.select_metric = metrics, select_metric
 
-    def hparams(self, params: Mapping[str, Any]) -> None:
+    def hparams(self, params: Mapping[str, Any], fixed: Mapping[str, Any] | None = None) -> None:
+        """The HParams tab's row of this trial: the searched parameters as columns (fixed ones would only add
+        columns that never vary; they go to the Text tab as `config/fixed`), the validation metrics, the
+        best value so far and the KL weight at the best epoch."""
+        if fixed:
+            lines = "\n".join(f"    {k}: {hparam_value(v)}" for k, v in sorted(fixed.items()))
+            self.writer.add_text("config/fixed", lines, 0)
         metric_tags = [f"val/{m}" for m in self.metrics] + [f"best/{self.select_metric}", "best/beta_at_best"]
         values = {k: hparam_value(v) for k, v in sorted(params.items())}
         exp, ssi, _sei = hparams_summaries(values, {t: 0.0 for t in metric_tags})   # metric values unused: only their tags

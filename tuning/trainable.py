@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,22 +24,13 @@ from ray import tune
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
+from tuning.ray_compat import trial_working_dir
 from tuning.space import split_trial_config
 from tuning.tblog import TrialWriter
 
 # What every tune.report carries (all of `fit`'s epoch record): the search metric and its context.
 REPORTED = ("epoch", "global_step", "loss", "recon", "kl", "kl_weight", "ndcg@100", "recall@20", "recall@50",
             "best_ndcg@100", "best_epoch", "beta_at_best", "anneal_steps", "epoch_time_s", "eval_time_s")
-
-
-def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
-    """The epochs before max_t at which ASHA may stop a trial: its milestones grace * rf^k, computed as Ray's
-    `_Bracket` does, each reached at the first epoch >= it.
-
-    A trial is checkpointed at each of them, so a trial stopped there keeps its best weights."""
-    n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
-    milestones = (grace_period * reduction_factor ** k for k in range(n_rungs))
-    return sorted({math.ceil(m) for m in milestones if m < max_t})
 
 
 def trial_resources() -> tuple[int | None, float]:
@@ -61,20 +51,6 @@ def trial_device(gpus: float) -> str:
         return "cuda"
     logging.getLogger(__name__).warning("trial was given %.2f GPU but CUDA is not available; training on the CPU", gpus)
     return "cpu"
-
-
-def trial_log_dir() -> Path:
-    """Where the trial's TensorBoard run goes: the trial's working directory on the node that runs it.
-
-    `tune.get_context().get_trial_dir()` is the *driver's* staging directory in Ray 2.60, which is only
-    uploaded to storage when the trial runs on the driver's node; the working directory is uploaded from
-    any node with `SyncConfig(sync_artifacts=True)` (set by `tuning.run`). Both end up in
-    `<storage>/<experiment>/<trial>/`."""
-    ctx = tune.get_context()
-    try:
-        return Path(ctx.get_storage().trial_working_directory)
-    except Exception:  # noqa: BLE001 - a DeveloperAPI; fall back to the public trial directory
-        return Path(ctx.get_trial_dir())
 
 
 class TuneReporter(Callback):
@@ -105,7 +81,7 @@ class TuneReporter(Callback):
 
 
 def train_multivae(config: dict[str, Any], split: SplitData | None = None, checkpoint_every: int = 1,
-                   checkpoint_epochs: Iterable[int] = ()) -> None:
+                   checkpoint_epochs: Iterable[int] = (), searched: Iterable[str] | None = None) -> None:
     """One trial. `split` comes from `tune.with_parameters`; `checkpoint_epochs` are extra epochs to
     checkpoint at (the ASHA rungs), on top of every `checkpoint_every` epochs and the last one."""
     if split is None:
@@ -124,9 +100,10 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     else:
         state = init_state(split.n_items, model_cfg, cfg)
 
-    writer = TrialWriter(trial_log_dir(), cfg.metrics, cfg.select_metric)
+    writer = TrialWriter(trial_working_dir(), cfg.metrics, cfg.select_metric)
     if checkpoint is None:
-        writer.hparams(config)
+        searched_keys = list(config) if searched is None else [k for k in searched if k in config]
+        writer.hparams({k: config[k] for k in searched_keys}, fixed={k: v for k, v in config.items() if k not in searched_keys})
     extra = {"trial_id": ctx.get_trial_id(), "trial_name": trial, "split_path": split.info.get("cache_path"),
              "config": {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str, type(None)))}}
     reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra)
@@ -138,4 +115,4 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
         writer.close()
 
 
-__all__ = ["REPORTED", "TuneReporter", "asha_rungs", "train_multivae", "trial_resources"]
+__all__ = ["REPORTED", "TuneReporter", "train_multivae", "trial_resources"]

@@ -47,7 +47,7 @@ def tiny_split():
 @pytest.fixture(scope="session")
 def smoke_experiment(ray_session, tmp_path_factory):
     """`python -m tuning.run --space smoke`, in-process, once per session; the run and report tests read it."""
-    from tuning import run
+    from tuning import experiment, run
 
     storage = tmp_path_factory.mktemp("ray_results")
     cache = tmp_path_factory.mktemp("data_cache")
@@ -57,5 +57,5 @@ def smoke_experiment(ray_session, tmp_path_factory):
                    "--optuna-storage", optuna_db])
     wall = time.perf_counter() - t0
     path = storage / SMOKE_NAME
-    results = json.loads((path / run.RESULTS).read_text()) if (path / run.RESULTS).exists() else None
+    results = json.loads((path / experiment.RESULTS).read_text()) if (path / experiment.RESULTS).exists() else None
     return SimpleNamespace(rc=rc, path=path, storage=storage, cache=cache, wall=wall, results=results, optuna_db=optuna_db)

@@ -31,7 +31,7 @@ from ray import tune
 from multivae.errors import run_cli
 from tests.multivae.helpers import clustered_interactions
 from tests.tuning.helpers import result_rows, trial_dirs
-from tuning import report, run
+from tuning import experiment, ray_compat, report, run
 
 REPO = Path(__file__).absolute().parents[2]
 PROG = "python -m tuning.run"
@@ -185,7 +185,7 @@ def test_resume_rebuilds_ashas_rungs_as_they_were():
 
     restored = asha()
     assert all(not r for _, r in restored._brackets[0]._rungs)
-    assert run.refill_asha_rungs(restored, rows, "ndcg@100", "max", 9) == sum(len(r) for _, r in live._brackets[0]._rungs)
+    assert ray_compat.refill_asha_rungs(restored, rows, "ndcg@100", "max", 9) == sum(len(r) for _, r in live._brackets[0]._rungs)
     assert restored._brackets[0]._rungs == live._brackets[0]._rungs
 
 
@@ -284,7 +284,7 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     # an earlier experiment of that name, replaced with --overwrite (and nothing of it may survive)
     (exp / "trial_9999_stale").mkdir(parents=True)
     (exp / "trial_9999_stale" / "params.json").write_text("{}")
-    (exp / run.RUN_META).write_text(json.dumps({"space": "old"}))
+    (exp / experiment.RUN_META).write_text(json.dumps({"space": "old"}))
 
     # 1. the first run: one trial's worker dies (max_failures 0: the trial errors); once Tune's snapshot has a
     #    finished trial and the errored one, the driver and everything it started are SIGKILLed
@@ -316,15 +316,15 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     finished = {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)
                 if _rows(d) and statuses.get(_rows(d)[-1]["trial_id"]) == "TERMINATED"}
     victim_text = (victim.dir / "result.json").read_text()
-    assert finished and not (exp / run.RESULTS).exists() and not (exp / "trial_9999_stale").exists()
-    assert json.loads((exp / run.RUN_META).read_text())["space"] == "faults"
+    assert finished and not (exp / experiment.RESULTS).exists() and not (exp / "trial_9999_stale").exists()
+    assert json.loads((exp / experiment.RUN_META).read_text())["space"] == "faults"
     assert (victim.dir / "error.txt").exists()
 
     # 2. --resume: the search finishes; finished trials are not rerun, the errored one is not retried
     r2 = subprocess.run([sys.executable, "-m", "tuning.run", "--resume", *common], cwd=REPO, env=_env(),
                         capture_output=True, text=True, timeout=400)
     assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-3000:]
-    res = json.loads((exp / run.RESULTS).read_text())
+    res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["resumed"] and res["trials"]["total"] == N and res["trials"]["errored"] == 1 and res["trials"]["unfinished"] == 0
     assert (victim.dir / "result.json").read_text() == victim_text and (victim.dir / "error.txt").exists()
     for d, text in finished.items():
@@ -335,7 +335,7 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     r3 = subprocess.run([sys.executable, "-m", "tuning.run", "--resume", "--retry-errored", *common], cwd=REPO, env=_env(),
                         capture_output=True, text=True, timeout=400)
     assert r3.returncode == 0, r3.stdout[-2000:] + r3.stderr[-3000:]
-    res = json.loads((exp / run.RESULTS).read_text())
+    res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["trials"]["total"] == N and res["trials"]["errored"] == 0 and res["trials"]["unfinished"] == 0
     for d, text in after_resume.items():
         if d != victim.dir.name:
@@ -402,7 +402,7 @@ def test_overwrite_refuses_what_is_not_an_experiment(tmp_path, capsys, what):
         target.write_text("precious")
     else:
         (tmp_path / "elsewhere").mkdir()
-        (tmp_path / "elsewhere" / run.RUN_META).write_text("{}")
+        (tmp_path / "elsewhere" / experiment.RUN_META).write_text("{}")
         target.symlink_to(tmp_path / "elsewhere")
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     err = _refused(["--space", "smoke", "--storage", str(storage), "--name", "x", "--overwrite"], capsys)
@@ -414,7 +414,7 @@ def test_overwrite_deletes_nothing_when_the_new_run_fails_before_starting(tmp_pa
     """The old experiment goes only once the new one really starts: a bad dataset leaves it whole."""
     exp = tmp_path / "rr" / "x"
     (exp / "trial_0001_old").mkdir(parents=True)
-    (exp / run.RUN_META).write_text("{}")
+    (exp / experiment.RUN_META).write_text("{}")
     (exp / "trial_0001_old" / "result.json").write_text("{}\n")
     space = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
     space["dataset"] = {"name": "file", "path": str(tmp_path / "gone.csv"), "rating_col": None}
@@ -422,4 +422,4 @@ def test_overwrite_deletes_nothing_when_the_new_run_fails_before_starting(tmp_pa
     err = _refused(["--space", str(tmp_path / "s.yaml"), "--storage", str(tmp_path / "rr"), "--name", "x", "--overwrite",
                     "--cache-dir", str(tmp_path / "cache")], capsys)
     assert "gone.csv: file not found" in err
-    assert (exp / "trial_0001_old" / "result.json").read_text() == "{}\n" and (exp / run.RUN_META).exists()
+    assert (exp / "trial_0001_old" / "result.json").read_text() == "{}\n" and (exp / experiment.RUN_META).exists()

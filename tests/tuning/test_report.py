@@ -12,7 +12,7 @@ import matplotlib.image
 
 from multivae.errors import run_cli
 from tests.tuning.helpers import trial_dirs
-from tuning import report, run
+from tuning import experiment, report, run
 
 REPO = Path(__file__).absolute().parents[2]
 PLOTS = ("history.png", "curves.png", "ndcg_vs_anneal_cap.png")
@@ -66,7 +66,7 @@ def test_report_without_the_runs_own_files(smoke_experiment, tmp_path):
     # and their ranges are inferred from the trials.
     exp = tmp_path / "bare"
     shutil.copytree(smoke_experiment.path, exp, ignore=shutil.ignore_patterns("checkpoint_*", "report"))
-    for name in (run.RESULTS, run.RUN_META, run.SPACE_COPY, run.BEST_CONFIG):
+    for name in (experiment.RESULTS, experiment.RUN_META, experiment.SPACE_COPY, experiment.BEST_CONFIG):
         (exp / name).unlink()
     assert report.main([str(exp)]) == 0
     out = exp / "report"

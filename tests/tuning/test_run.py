@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from multivae.errors import run_cli
 from tests.tuning.helpers import events, result_rows, trial_dirs
-from tuning import run
+from tuning import experiment, run
 from tuning.space import load_space
 from tuning.tblog import SUBDIR
 
@@ -50,11 +50,16 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert res["test"]["ndcg@100"] > res["popularity"]["test"]["ndcg@100"]   # the model beats popularity
     assert res["split"]["test_users_with_target"] > 0 and res["wall_time_s"]["search"] > 0
 
-    best_config = yaml.safe_load((smoke_experiment.path / run.BEST_CONFIG).read_text())
+    best_config = yaml.safe_load((smoke_experiment.path / experiment.BEST_CONFIG).read_text())
     best_dir = next(d for d in dirs if d.name.endswith(best["trial_id"]))
-    assert best_config["config"] == json.loads((best_dir / "params.json").read_text())
+    from multivae.config import to_dict
+    from tuning.space import split_trial_config
+
+    model_cfg, train_cfg = split_trial_config(json.loads((best_dir / "params.json").read_text()), where="best trial")
+    assert best_config["model"] == to_dict(model_cfg) and best_config["train"] == to_dict(train_cfg)   # each key once
+    assert "config" not in best_config and res["best_trial"]["config"] == json.loads((best_dir / "params.json").read_text())
     assert best_config["trial_id"] == best["trial_id"] and best_config["best_epoch"] == best["best_epoch"]
-    assert (smoke_experiment.path / run.RUN_META).exists() and (smoke_experiment.path / run.SPACE_COPY).exists()
+    assert (smoke_experiment.path / experiment.RUN_META).exists() and (smoke_experiment.path / experiment.SPACE_COPY).exists()
 
 
 def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
@@ -73,13 +78,17 @@ def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
         content = acc.PluginTagToContent("hparams")
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
         params = json.loads((d / "params.json").read_text())
-        for k, v in params.items():
-            hp = start.hparams[k]
+        searched = smoke_space().params
+        assert set(start.hparams) == set(searched), d.name   # the searched parameters only: the fixed ones never vary
+        for k in searched:
+            v, hp = params[k], start.hparams[k]
             got = hp.number_value if isinstance(v, (int, float)) and not isinstance(v, bool) else hp.string_value
-            assert got == (v if not isinstance(v, (list, dict)) else got), (d.name, k)
-        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-        assert "val/ndcg@100" in {m.name.tag for m in experiment.metric_infos}
-        assert any(p.name.startswith("events.out.tfevents") for p in d.iterdir())   # Tune's own logger too
+            assert got == v, (d.name, k)
+        assert "config/fixed" in acc.Tags()["tensors"] or "config/fixed/text_summary" in acc.Tags()["tensors"]
+        hp_experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "val/ndcg@100" in {m.name.tag for m in hp_experiment.metric_infos}
+        # one TensorBoard run per trial: no event file of Tune's own logger beside the trial's run
+        assert [p for p in d.rglob("events.out.tfevents*") if p.parent != d / SUBDIR] == []
 
 
 def test_optuna_storage_records_the_study(smoke_experiment):
@@ -159,7 +168,7 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
     argv = ["--space", str(space_file), "--storage", str(storage), "--name", "interrupted", "--cache-dir", str(cache)]
     assert run.main(argv, callbacks=[InterruptMidTrial(marker)]) == run.EXIT_INTERRUPTED
     assert "--resume --name interrupted" in capsys.readouterr().err
-    assert not (exp / run.RESULTS).exists()
+    assert not (exp / experiment.RESULTS).exists()
     interrupted = json.loads(marker.read_text())   # the trial that had just checkpointed, and its epoch
 
     before = {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)}
@@ -172,7 +181,7 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
 
     # --finalize tests the best trial so far and runs nothing more
     assert run.main(["--resume", "--finalize", "--name", "interrupted", "--storage", str(storage), "--cache-dir", str(cache)]) == 0
-    early = json.loads((exp / run.RESULTS).read_text())
+    early = json.loads((exp / experiment.RESULTS).read_text())
     assert early["finalized_early"] is True and early["test"]["ndcg@100"] > 0
     assert {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)} == before
 
@@ -192,37 +201,6 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
             assert len(restarts) == 2 and resumed[0]["epoch"] == interrupted["epoch"] + 1, (d.name, interrupted)
             steps = rows[0]["global_step"]   # updates per epoch
             assert resumed[0]["global_step"] == steps * resumed[0]["epoch"] and resumed[0]["kl_weight"] > 0
-    res = json.loads((exp / run.RESULTS).read_text())
+    res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["resumed"] is True and res["space"] == "smoke_every_epoch" and res["trials"]["total"] == space.search.num_samples
     assert res["trials"]["unfinished"] == 0 and 0.0 < res["test"]["ndcg@100"] <= 1.0
-
-
-def _result(tmp_path: Path, name: str, epochs: int, *, planned: int, done_in_metrics: bool, done_in_file: bool,
-            error: Exception | None = None) -> tune.Result:
-    """A real ray.tune.Result as `--resume` hands it back, over a trial dir with its result.json."""
-    import pandas as pd
-
-    d = tmp_path / name
-    d.mkdir()
-    rows = [{"epoch": e, "ndcg@100": 0.1 + 0.01 * e, "trial_id": name} for e in range(1, epochs + 1)]
-    rows[-1]["done"] = done_in_file
-    (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    last = {**rows[-1], "done": done_in_metrics, "config": {"train": {"epochs": planned}}}
-    return tune.Result(metrics=last, checkpoint=None, error=error, path=str(d), metrics_dataframe=pd.DataFrame(rows))
-
-
-@pytest.mark.parametrize("max_t", [None, 6])
-def test_trials_finished_before_an_interruption_count_as_finished_after_resume(tmp_path, max_t):
-    """After --resume, Ray gives the trials that had ended before the interruption back without `done` in
-    their last metrics. They must not count as unfinished (that made the resumed run exit 130, no results)."""
-    results = [
-        _result(tmp_path, "all_epochs", 6, planned=6, done_in_metrics=False, done_in_file=False),
-        _result(tmp_path, "stopped_early", 2, planned=6, done_in_metrics=False, done_in_file=True),
-        _result(tmp_path, "interrupted", 3, planned=6, done_in_metrics=False, done_in_file=False),
-        _result(tmp_path, "live_done", 4, planned=6, done_in_metrics=True, done_in_file=True),
-        _result(tmp_path, "crashed", 6, planned=6, done_in_metrics=False, done_in_file=False, error=RuntimeError("x")),
-    ]
-    got = {t.trial_id: (t.status, t.epochs, t.best_epoch) for t in run.summarize_trials(results, "ndcg@100", "max", max_t)}
-    early = "stopped_by_asha" if max_t else "completed"   # without ASHA, `done` before the planned epochs: stopped by Tune
-    assert got == {"all_epochs": ("completed", 6, 6), "stopped_early": (early, 2, 2), "interrupted": ("unfinished", 3, 3),
-                   "live_done": (early, 4, 4), "crashed": ("errored", 6, 6)}

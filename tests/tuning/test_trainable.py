@@ -22,7 +22,8 @@ from multivae.training import restore_state
 from tests.multivae.helpers import clustered_interactions
 from tests.tuning.helpers import events, result_rows, trial_dirs
 from tuning.tblog import SUBDIR
-from tuning.trainable import REPORTED, asha_rungs, train_multivae
+from tuning.space import asha_rungs
+from tuning.trainable import REPORTED, train_multivae
 
 EPOCHS, KILL_AT = 5, 2
 GOOD_LR, NAN_LR = 1e-3, 1e6

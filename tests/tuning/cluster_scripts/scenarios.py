@@ -9,7 +9,7 @@ code path (`tuning.run.main([... "--address", cluster.address ...])`), tears the
 (never `ray stop`, which would stop every Ray on the machine) and writes DIR/report.json for the test.
 
 The trainable reports nothing about where it runs, so `tuning.trainable.train_multivae` is wrapped here
-(before `tuning.run.build_tuner` imports it) by a function that appends one JSON line per trial start and
+(before `tuning.tuner.new_tuner` reads it) by a function that appends one JSON line per trial start and
 end to DIR/events.jsonl: trial id, node id, pid, the Ray resources and GPU ids it was given, the checkpoint
 it restored (epoch, global step). Tune's own results (epoch, global_step, pid, timestamp) are recorded by a
 `tune.Callback` in the driver; pid links the two.

@@ -1,0 +1,355 @@
+"""The experiment on disk, in one place: its file names, storage access, its trials' result rows and
+checkpoints, the one `trial_status` rule, and the lock that keeps one live run per experiment.
+
+An experiment is the folder `<storage>/<name>/` (a local path, or an `s3://` / `gs://` URI read through
+pyarrow's filesystems, as Ray does). Ray Tune writes `trial_*/params.json`, `trial_*/result.json` (one JSON
+object per reported epoch), `trial_*/checkpoint_NNNNNN/` and its own `experiment_state-*.json`; `tuning.run`
+adds the files named below. The run, the report and the ablations read trials only through `read_trials`,
+and classify them only through `trial_status`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from multivae.errors import UserError
+from multivae.files import atomic_write_text, dumps_json
+
+RUN_META = "tuning_run.json"          # how the run was started; --resume reads it back
+SPACE_COPY = "search_space.yaml"      # the space file as it was when the run started
+RESULTS = "results.json"              # the final step's summary (tuning.finalize)
+BEST_CONFIG = "best_config.yaml"      # the best trial's configuration, for `multivae.train --config`
+BEST_MODEL = "best_model"             # the best trial's self-contained model (multivae.recommend --checkpoint)
+TRIAL_PARAMS = "params.json"
+TRIAL_RESULTS = "result.json"
+TRIAL_ERRORS = ("error.txt", "error.pkl")
+
+# A trial's status. Every reader of an experiment uses these words and `trial_status`'s rule.
+STATUSES = ("completed", "stopped_by_asha", "errored", "unfinished", "pending")
+STATUS_LABEL = {"completed": "completed", "stopped_by_asha": "stopped by ASHA", "errored": "errored",
+                "unfinished": "unfinished", "pending": "no result yet"}
+
+
+def trial_status(*, epochs: int, planned: int | None, stopped: bool, errored: bool, checkpoint_epoch: int | None) -> str:
+    """The status of one trial, from what it reported and how it ended.
+
+    epochs            the last epoch it reported (0: none)
+    planned           the epochs it was meant to train (the scheduler's max_t, else its `epochs`); None: unknown
+    stopped           its last result carries Tune's `done` flag (a scheduler stopped it, or it ended)
+    errored           its final state is an error (not a crash it recovered from)
+    checkpoint_epoch  the epoch of its latest checkpoint (None: none)
+
+    A trial that errored after training all its epochs counts as completed only when its last epoch is
+    checkpointed (its best weights are saved; there is nothing left to retry); otherwise it is errored,
+    which is what `--retry-errored` reruns. A trial that ended early without `done` (its worker vanished,
+    the driver was interrupted) is unfinished: `--resume` continues it."""
+    full = planned is not None and epochs >= planned
+    if errored and not (full and checkpoint_epoch is not None and checkpoint_epoch >= planned):
+        return "errored"
+    if full:
+        return "completed"
+    if epochs == 0:
+        return "pending"
+    if stopped:
+        return "stopped_by_asha" if planned is not None else "completed"
+    return "unfinished"
+
+
+# --- storage: a local folder or a URI, through pyarrow's filesystems (what Ray itself uses) --------------
+
+def storage_root(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def local_path(path: str) -> Path | None:
+    """The local folder of a storage path (a plain path or a file:// URI); None for a remote URI."""
+    if "://" not in path:
+        return Path(path)
+    if path.startswith("file://"):
+        return Path(path[len("file://"):])
+    return None
+
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for an unusable URI
+        raise UserError(f"{path}: not a usable storage location ({exc})") from None
+
+
+def exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type == pyarrow.fs.FileType.Directory
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = _fs(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8", errors="replace")
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomically on a local disk (temporary file + rename); remote object stores replace an object whole."""
+    local = local_path(path)
+    if local is not None:
+        atomic_write_text(local, text)
+        return
+    fs, p = _fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def write_json(path: str, data: Any) -> None:
+    write_text(path, dumps_json(data) + "\n")
+
+
+def read_json(path: str, what: str) -> Any:
+    """A JSON file the run wrote; a damaged one is a one-line error naming it."""
+    try:
+        return json.loads(read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: {what} is not valid JSON ({exc.__class__.__name__}: {str(exc)[:100]})") from None
+
+
+def delete_dir(path: str) -> None:
+    fs, p = _fs(path)
+    fs.delete_dir(p)
+
+
+def list_dirs(path: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, p = _fs(path)
+    prefix = path[: len(path) - len(p)] if path.endswith(p) else ""   # keep a URI's scheme on what we return
+    return sorted(prefix + i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(p)) if i.type == pyarrow.fs.FileType.Directory)
+
+
+# --- trials ---------------------------------------------------------------------------------------------
+
+def parse_result_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of a trial's result.json: one JSON object per line, each an epoch's report. A line cut short
+    by a crash, or anything that is not such an object, is skipped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)) and not isinstance(row["epoch"], bool):
+            rows.append(row)
+    return rows
+
+
+def rows_by_epoch(rows: Iterable[dict[str, Any]], keep: str = "last") -> list[dict[str, Any]]:
+    """One row per epoch, in epoch order. A trial restored from a checkpoint reports some epochs again:
+    `keep="last"` takes the latest report of an epoch (what the trial went on from), "first" the original."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        e = int(r["epoch"])
+        if keep == "last" or e not in out:
+            out[e] = r
+    return [out[e] for e in sorted(out)]
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the experiment's files tell it."""
+    trial_id: str
+    number: int                               # the order it was created in (trial_0003_...: 3)
+    path: str                                 # its folder (local path or URI)
+    config: dict[str, Any]                    # params.json: the flat trial config
+    rows: list[dict[str, Any]] = field(default_factory=list)   # one per epoch, in order (latest report of each)
+    errored: bool = False                     # its final state is an error
+    status: str = "pending"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.rows[-1]["epoch"]) if self.rows else 0
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.rows and self.rows[-1].get("done"))
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """(epoch, folder) of each checkpoint the trial reported that is still on disk, oldest first."""
+        found = []
+        for r in self.rows:
+            name = r.get("checkpoint_dir_name")
+            if name and exists(join(self.path, name)):
+                found.append((int(r["epoch"]), join(self.path, name)))
+        return found
+
+    @property
+    def checkpoint_epoch(self) -> int | None:
+        ck = self.checkpoints()
+        return ck[-1][0] if ck else None
+
+    def best(self, metric: str, mode: str) -> dict[str, Any] | None:
+        """The row with the best finite `metric` (the first of equals)."""
+        rows = [r for r in self.rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+        if not rows:
+            return None
+        return (max if mode == "max" else min)(rows, key=lambda r: r[metric])
+
+    def best_value(self, metric: str, mode: str) -> float:
+        best = self.best(metric, mode)
+        return float(best[metric]) if best else math.nan
+
+
+_TRIAL_DIR = re.compile(r"trial_(\d+)_(\w+)$")
+
+
+def planned_epochs(config: dict[str, Any]) -> int | None:
+    """The epochs a trial was configured for (its config's `epochs`, flat or nested); None when absent."""
+    for k, v in config.items():
+        if k == "epochs" and isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, dict) and (found := planned_epochs(v)) is not None:
+            return found
+    return None
+
+
+def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[str, str] | None = None) -> list[TrialRecord]:
+    """Every trial folder of the experiment (those with params.json), read and classified, in creation order.
+
+    `max_t`: the scheduler's last epoch (ASHA), else each trial's planned epochs come from its config.
+    `final_states`: Tune's status of each trial id (`tuning.ray_compat.snapshot_trial_states`); without it an
+    error file in the trial folder counts as a final error."""
+    trials = []
+    for i, d in enumerate(p for p in list_dirs(exp_path) if exists(join(p, TRIAL_PARAMS))):
+        name = d.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            config = json.loads(read_text(join(d, TRIAL_PARAMS)))
+        except ValueError:
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        rows = rows_by_epoch(parse_result_rows(read_text(join(d, TRIAL_RESULTS)))) if exists(join(d, TRIAL_RESULTS)) else []
+        m = _TRIAL_DIR.match(name)
+        trial_id = str(rows[-1].get("trial_id") or "") if rows else ""
+        trial_id = trial_id or (m.group(2) if m else name)
+        if final_states is not None and trial_id in final_states:
+            errored = final_states[trial_id] == "ERROR"
+        else:
+            errored = any(exists(join(d, e)) for e in TRIAL_ERRORS)
+        t = TrialRecord(trial_id, int(m.group(1)) if m else i + 1, d, config, rows, errored)
+        t.status = trial_status(epochs=t.epochs, planned=max_t or planned_epochs(config), stopped=t.stopped,
+                                errored=errored, checkpoint_epoch=t.checkpoint_epoch)
+        trials.append(t)
+    return sorted(trials, key=lambda t: t.number)
+
+
+def status_counts(trials: Iterable[TrialRecord]) -> dict[str, int]:
+    trials = list(trials)
+    return {s: sum(t.status == s for t in trials) for s in STATUSES} | {"total": len(trials)}
+
+
+# --- one live run per experiment ------------------------------------------------------------------------
+
+def lock_path(root: str, name: str) -> Path:
+    """Where the experiment's lock lives: beside it on a local storage (so it exists before the experiment
+    folder and survives its --overwrite); for a remote URI, in a local folder keyed by the URI, which protects
+    against a second run on this machine only (see docs/scaling.md)."""
+    local = local_path(root)
+    if local is not None:
+        return local / f".{name}.lock"
+    key = hashlib.sha256(join(root, name).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("MULTIVAE_LOCK_DIR") or Path.home() / ".cache" / "multivae" / "locks")
+    return base / f"{key}.lock"
+
+
+class ExperimentLock:
+    """An exclusive lock on one experiment, held by the driver from before it writes anything until it exits.
+
+    The lock is the operating system's (`filelock`: flock on POSIX), so it is released the moment its holder
+    dies, whatever kills it: a lock left by a dead driver is simply taken over. Beside it, `<lock>.json` says
+    who holds it, for the error message of a refused second run."""
+
+    def __init__(self, root: str, name: str) -> None:
+        from filelock import FileLock
+
+        self.path = lock_path(root, name)
+        self.info_path = self.path.with_name(self.path.name + ".json")
+        self.exp = join(root, name)
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def acquire(self) -> str | None:
+        """Take the lock or raise UserError naming the live holder; returns a note when a dead driver's lock
+        was taken over."""
+        from filelock import Timeout
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.exp}: another tuning.run is using this experiment ({self._holder()}); wait for it "
+                            f"to finish, or use another --name") from None
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot create the experiment's lock ({exc.strerror or exc})") from None
+        previous = self._holder()
+        atomic_write_text(self.info_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                      "user": _user(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        return f"took over the lock of a driver that is gone ({previous})" if previous != "holder unknown" else None
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self.info_path.unlink(missing_ok=True)
+            self._lock.release()
+
+    def _holder(self) -> str:
+        try:
+            h = json.loads(self.info_path.read_text())
+            return f"pid {h['pid']} on {h['host']}, since {h['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def __enter__(self) -> "ExperimentLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
+__all__ = [
+    "BEST_CONFIG", "BEST_MODEL", "ExperimentLock", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
+    "TrialRecord", "delete_dir", "exists", "is_dir", "join", "local_path", "lock_path", "parse_result_rows",
+    "planned_epochs", "read_bytes", "read_json", "read_text", "read_trials", "rows_by_epoch", "status_counts", "storage_root",
+    "trial_status", "write_json", "write_text",
+]

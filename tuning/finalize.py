@@ -1,0 +1,154 @@
+"""After the search: pick the best trial, test its best weights once on the held-out test users next to
+popularity, and write `results.json`, `best_config.yaml` (and the best model) into the experiment.
+
+The best trial is the one with the best validation value of the search metric at any of its epochs (ties:
+the first trial). Its last checkpoint holds the best-by-validation weights up to that checkpoint; those are
+the weights tested, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from multivae.checkpoint import CHECKPOINT_NAME
+from multivae.config import to_dict
+from multivae.errors import UserError
+from multivae.evaluate import evaluate_on_split, model_scorer
+from multivae.training import best_model, restore_state
+from tuning import experiment, ray_compat
+from tuning.experiment import TrialRecord
+from tuning.space import SearchSpace, split_trial_config
+
+EXIT_INTERRUPTED = 130
+
+
+def read_search(exp_path: str, space: SearchSpace) -> list[TrialRecord]:
+    """The experiment's trials, classified with Tune's recorded final states."""
+    max_t = space.scheduler.max_t if space.scheduler.type == "asha" else None
+    return experiment.read_trials(exp_path, max_t=max_t, final_states=ray_compat.snapshot_trial_states(exp_path))
+
+
+def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The trial with the best value of `metric` at any epoch among those with a checkpoint (first of equals)."""
+    ranked = [t for t in trials if not math.isnan(t.best_value(metric, mode)) and t.checkpoint_epoch is not None]
+    if not ranked:
+        return None
+    pick = max if mode == "max" else min
+    return pick(ranked, key=lambda t: t.best_value(metric, mode))
+
+
+def evaluate_trial(trial: TrialRecord, split) -> dict[str, Any]:
+    """Restore the trial's last checkpoint, take its best-by-validation weights, test them once."""
+    import torch
+
+    epoch, folder = trial.checkpoints()[-1]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="multivae-best-") as tmp:
+        local = Path(tmp) / CHECKPOINT_NAME
+        local.write_bytes(experiment.read_bytes(experiment.join(folder, CHECKPOINT_NAME)))
+        state = restore_state(local, n_items=split.n_items, device=device)
+    cfg = state.train_config
+    scores = evaluate_on_split(model_scorer(best_model(state)), split, cfg.metrics, cfg.eval_batch_size, device)
+    return {"checkpoint": folder, "checkpoint_epoch": state.epoch, "best_epoch": state.best.get("epoch"),
+            "beta_at_best": state.best.get("kl_weight"), "global_step": state.global_step,
+            "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
+            "model_config": to_dict(state.model_config), "train_config": to_dict(cfg), **scores, "_state": state}
+
+
+def trials_table(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[dict[str, Any]]:
+    """One row per trial, as results.json and the report list them."""
+    rows = []
+    for t in trials:
+        best = t.best(metric, mode) or {}
+        rows.append({"trial_id": t.trial_id, "number": t.number, "status": t.status, "epochs": t.epochs,
+                     f"best_{metric}": best.get(metric), "best_epoch": best.get("epoch"), "config": t.config})
+    return rows
+
+
+def metrics_table(rows: list[tuple[str, dict]], metrics: Sequence[str]) -> str:
+    lines = [f"{'':<18}" + "".join(f"{m.replace('ndcg', 'NDCG').replace('recall', 'Recall'):>20}" for m in metrics)]
+    for label, r in rows:
+        lines.append(f"{label:<18}" + "".join(f"{r.get(m, math.nan):>11.4f} ± {r.get(m + '_se', math.nan):.4f}" for m in metrics))
+    return "\n".join(lines)
+
+
+def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, finalize_now: bool, resumed: bool,
+             fit_wall: float, t_start: float, dataset: dict[str, Any]) -> int:
+    """Test the best trial and write the results; EXIT_INTERRUPTED (and nothing written) while trials remain
+    unfinished, unless `finalize_now` (--finalize: test the best trial so far)."""
+    metric, mode = space.search.metric, space.search.mode
+    trials = read_search(exp_path, space)
+    counts = experiment.status_counts(trials)
+    waiting = counts["unfinished"] + counts["pending"]
+    early = waiting > 0 or len(trials) < space.search.num_samples
+    if early and not finalize_now:
+        print(f"the search stopped after {len(trials)} of {space.search.num_samples} trials ({waiting} unfinished); "
+              f"continue it with: {resume_cmd}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    best = pick_best(trials, metric, mode)
+    if best is None:
+        raise UserError(f"{exp_path}: no trial left a checkpointed result ({counts['errored']} errored); "
+                        f"see the error.txt files, then {resume_cmd} --retry-errored")
+
+    final = evaluate_trial(best, split)
+    state = final.pop("_state")
+    best_value = best.best_value(metric, mode)
+    best_row = best.best(metric, mode) or {}
+    note = None
+    if final["best_epoch"] != best_row.get("epoch"):
+        note = (f"the trial's best validation epoch was {best_row.get('epoch')} but its last checkpoint (epoch "
+                f"{final['checkpoint_epoch']}) holds the best weights up to then, those of epoch {final['best_epoch']}; "
+                f"those were tested")
+    summary = {
+        "experiment": exp_path, "space": space.name, "dataset": dataset, "split": split.stats(),
+        "best_trial": {"trial_id": best.trial_id, "path": best.path, "status": best.status, "config": best.config,
+                       f"best_{metric}": best_value, "epochs_trained": best.epochs, "best_epoch": final["best_epoch"],
+                       "beta_at_best": final["beta_at_best"]},
+        "val": final["val"], "test": final["test"], "popularity": final["popularity"],
+        "model_config": final["model_config"], "train_config": final["train_config"],
+        "checkpoint": final["checkpoint"], "checkpoint_epoch": final["checkpoint_epoch"],
+        "anneal_steps": final["anneal_steps"], "trials": counts, "search_metric": metric, "mode": mode,
+        "scheduler": dataclasses.asdict(space.scheduler), "trials_table": trials_table(trials, metric, mode),
+        "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": resumed,
+        "finalized_early": bool(early and finalize_now),
+    } | ({"note": note} if note else {})
+    experiment.write_json(experiment.join(exp_path, experiment.RESULTS), summary)
+    experiment.write_text(experiment.join(exp_path, experiment.BEST_CONFIG), best_config_yaml(space, best, final, best_value))
+
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.config.items()))
+    print(f"\nbest trial {best.trial_id}: validation {metric} {best_value:.4f} at epoch {final['best_epoch']} of "
+          f"{best.epochs} (beta* {final['beta_at_best']:.4f}); {params}")
+    print(metrics_table([("validation", final["val"]), ("test", final["test"]), ("popularity test", final["popularity"]["test"])],
+                        final["train_config"]["metrics"]))
+    print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_by_asha']} stopped by ASHA, "
+          f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+    if note:
+        print(f"note: {note}")
+    print(f"wrote {experiment.join(exp_path, experiment.RESULTS)} and {experiment.join(exp_path, experiment.BEST_CONFIG)}\n"
+          f"next: python -m tuning.report {exp_path}   |   tensorboard --logdir {exp_path}")
+    del state
+    return 0
+
+
+def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any], best_value: float) -> str:
+    """The best trial's configuration, each key once: the model and training settings it ran with (what
+    `multivae.train --config` reads), and where it came from."""
+    import yaml
+
+    from multivae.files import jsonable
+
+    model_cfg, train_cfg = split_trial_config(best.config, where=f"trial {best.trial_id}")
+    return yaml.safe_dump(jsonable({
+        "space": space.name, "trial_id": best.trial_id, f"best_{space.search.metric}": best_value,
+        "best_epoch": final["best_epoch"], "beta_at_best": final["beta_at_best"],
+        "model": to_dict(model_cfg), "train": to_dict(train_cfg)}), sort_keys=False)
+
+
+__all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "evaluate_trial", "finalize", "metrics_table", "pick_best",
+           "read_search", "trials_table"]

@@ -1,0 +1,196 @@
+"""Every workaround for a Ray Tune behaviour, one function each, in one seam pinned to the Ray versions tested.
+
+Nothing else in the project reaches into Ray's private names. Each function says which behaviour of Ray it
+corrects and what happens on a Ray version where the private name has moved (a clear warning, never a
+silent change). `TESTED_RAY_VERSIONS` is what `pyproject.toml` pins and what the test suite asserts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+TESTED_RAY_VERSIONS = ("2.60.0",)
+log = logging.getLogger(__name__)
+
+
+def check_ray_version() -> None:
+    """Warn once when the installed Ray is not one the workarounds below were written and tested against."""
+    import ray
+
+    if ray.__version__ not in TESTED_RAY_VERSIONS:
+        warnings.warn(f"multivae-tune was tested with ray {', '.join(TESTED_RAY_VERSIONS)}, found {ray.__version__}: "
+                      f"resuming interrupted searches may not behave as documented", RuntimeWarning, stacklevel=2)
+
+
+def install_driver_fixes() -> None:
+    """The driver-side corrections of Tune's controller, installed (once per process) before a search runs."""
+    drop_stale_trial_decisions_on_resume()
+    record_stops_of_dead_workers()
+
+
+def drop_stale_trial_decisions_on_resume() -> None:
+    """No decision taken before a restore may act on a restored trial.
+
+    Ray 2.60's `TuneController` caches a STOP (or PAUSE) for a trial whose checkpoint save is in flight
+    (`_cached_trial_decisions`) and queues decisions (`_queued_trial_decisions`); both are written into
+    `experiment_state-*.json` and come back with `Tuner.restore`. A retried or resumed trial then restarts
+    from its checkpoint, reports one epoch, and that epoch's save pops the stale STOP: the trial ends without
+    `done` or error and every later resume does the same. Those decisions belonged to actors of the previous
+    driver, which are gone, so they are dropped as soon as the controller's state is restored."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.resume
+    if getattr(original, "_drops_stale_decisions", False):
+        return
+
+    def resume(self, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        for name in ("_cached_trial_decisions", "_queued_trial_decisions"):
+            stale = getattr(self, name, None)
+            if isinstance(stale, dict):
+                if stale:
+                    log.info("dropping %d decision(s) of the interrupted run (%s): %s", len(stale), name, stale)
+                stale.clear()
+            else:
+                warnings.warn(f"this Ray has no TuneController.{name}: a decision of the interrupted run may act on a "
+                              f"resumed trial", RuntimeWarning, stacklevel=2)
+        return out
+
+    resume._drops_stale_decisions = True
+    resume.__wrapped__ = original
+    TuneController.resume = resume
+
+
+def record_stops_of_dead_workers() -> None:
+    """Make Tune's experiment snapshot record a trial that failed because its worker process died.
+
+    In Ray 2.60 `TuneController._schedule_trial_stop` marks a stopped trial for the next snapshot only while
+    its actor is alive; when the worker died (SIGKILL, OOM, a lost node) and no retry is left, the trial is
+    ERROR in memory but stays RUNNING in `experiment_state-*.json`, so `Tuner.restore` would resume it as
+    unfinished even without --retry-errored. This marks the trial in every case."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = getattr(TuneController, "_schedule_trial_stop", None)
+    if original is None or not hasattr(TuneController, "_mark_trial_to_checkpoint"):
+        warnings.warn("this Ray has no TuneController._schedule_trial_stop: a trial whose worker died may be resumed "
+                      "by --resume even without --retry-errored", RuntimeWarning, stacklevel=2)
+        return
+    if getattr(original, "_marks_every_stop", False):
+        return
+
+    def schedule_trial_stop(self, trial, exception=None):
+        try:
+            return original(self, trial, exception=exception)
+        finally:
+            self._mark_trial_to_checkpoint(trial)
+
+    schedule_trial_stop._marks_every_stop = True
+    TuneController._schedule_trial_stop = schedule_trial_stop
+
+
+class _TrialRef:
+    """What ASHA's bracket reads of a trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def refill_asha_rungs(scheduler: Any, rows_by_trial: dict[str, list[dict]], metric: str, mode: str, max_t: int) -> int:
+    """Put back into a restored ASHA scheduler the rung values its trials recorded before the interruption.
+
+    Ray pickles the Tuner's scheduler once, before the search starts (`tuner.pkl`), and never saves it again,
+    so `Tuner.restore` brings ASHA back with empty rungs (`_brackets[i]._rungs`): a cutoff would then be
+    computed from the resumed trials alone, and a trial already judged at a rung would be judged again.
+    Replaying every trial's reported epochs (the first report of each) through the bracket, as ASHA saw them
+    live, records the same values. Returns the number of values recorded."""
+    brackets = getattr(scheduler, "_brackets", None)
+    if not brackets or not hasattr(brackets[0], "_rungs"):
+        warnings.warn("cannot reach the restored ASHA scheduler's rungs in this Ray: they start empty, so the resumed "
+                      "trials are judged among themselves", RuntimeWarning, stacklevel=2)
+        return 0
+    op = 1.0 if mode == "max" else -1.0
+    bracket = brackets[0]   # tuning.tuner makes a single-bracket ASHA
+    before = sum(len(recorded) for _, recorded in bracket._rungs)
+    for trial_id, rows in rows_by_trial.items():
+        ref, seen = _TrialRef(trial_id), set()
+        rows = [r for r in rows if isinstance(r.get(metric), (int, float))]
+        for row in rows:
+            if row["epoch"] in seen:
+                continue   # a trial restarted from a checkpoint reports some epochs again: the first one counts
+            seen.add(row["epoch"])
+            if row["epoch"] < max_t:   # on_trial_result: at max_t ASHA stops the trial without recording it
+                bracket.on_result(ref, row["epoch"], op * float(row[metric]))
+        if rows and rows[-1].get("done"):   # on_trial_complete: the last result once more
+            bracket.on_result(ref, rows[-1]["epoch"], op * float(rows[-1][metric]))
+    return sum(len(recorded) for _, recorded in bracket._rungs) - before
+
+
+def rung_records(scheduler: Any) -> list[tuple[float, dict]]:
+    """(milestone, {trial_id: value}) of each rung of a single-bracket ASHA (for tests and diagnostics)."""
+    return [(m, dict(recorded)) for m, recorded in scheduler._brackets[0]._rungs]
+
+
+def restored_scheduler(tuner: Any) -> Any:
+    """The scheduler a `Tuner.restore` unpickled (Ray keeps it in `tuner._local_tuner._tune_config`); None
+    when this Ray keeps it elsewhere."""
+    return getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
+
+
+def trial_working_dir() -> Path:
+    """Inside a trial: the folder whose files Tune uploads to the trial's folder in storage from any node.
+
+    `tune.get_context().get_trial_dir()` is the *driver's* staging folder in Ray 2.60, uploaded only when the
+    trial runs on the driver's node; the worker's `trial_working_directory` (a DeveloperAPI of the storage
+    context) is uploaded from any node with `SyncConfig(sync_artifacts=True)`."""
+    from ray import tune
+
+    ctx = tune.get_context()
+    try:
+        return Path(ctx.get_storage().trial_working_directory)
+    except Exception:  # noqa: BLE001 - moved in this Ray: the public trial directory
+        return Path(ctx.get_trial_dir())
+
+
+def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:
+    """Tune's last recorded status of each trial (`PENDING`, `RUNNING`, `PAUSED`, `TERMINATED`, `ERROR`) by
+    trial id, read from the newest `experiment_state-*.json` (Ray's own file format, plain JSON); None when
+    the experiment has no readable snapshot (a local folder only)."""
+    from tuning.experiment import local_path
+
+    local = local_path(exp_path)
+    if local is None:
+        return None
+    files = sorted(glob.glob(str(local / "experiment_state-*.json")))
+    if not files:
+        return None
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+        out = {}
+        for trial_json, _runtime in state["trial_data"]:
+            t = json.loads(trial_json)
+            out[str(t["trial_id"])] = str(t["status"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str = "STOP") -> Path:
+    """Write a cached decision for `trial_id` into the newest experiment snapshot, as Ray 2.60 does when the
+    driver dies while that trial's checkpoint save is in flight (for the test of the fix above)."""
+    path = Path(sorted(glob.glob(str(Path(exp_path) / "experiment_state-*.json")))[-1])
+    state = json.loads(path.read_text())
+    state["runner_data"]["_cached_trial_decisions"] = {trial_id: decision}
+    path.write_text(json.dumps(state))
+    return path
+
+
+__all__ = [
+    "TESTED_RAY_VERSIONS", "check_ray_version", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
+    "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
+    "set_stale_decision_in_snapshot", "snapshot_trial_states", "trial_working_dir",
+]

@@ -1,0 +1,126 @@
+"""Start or join Ray, and build the search: Optuna's TPE sampler, the scheduler (ASHA or FIFO) and the `Tuner`.
+
+Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds (a local Ray
+must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import to keep every connection on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from multivae.errors import UserError
+from tuning import experiment, ray_compat, trainable
+from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
+from tuning.space import SearchSpace, asha_rungs, to_tune
+
+
+def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
+    """Start a local Ray on 127.0.0.1, or join the cluster at `address`; False when this process already
+    runs Ray (it is then left running)."""
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=not quiet)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else "; a cluster with token authentication needs RAY_AUTH_MODE=token"
+            raise UserError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}{hint})") from None
+    else:
+        # address="local": a new Ray of our own, never one that `ray start` left running on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet)
+    return True
+
+
+def check_cluster_resources(space: SearchSpace) -> None:
+    """Refuse trials the joined cluster can never place."""
+    from tuning.space import validate_resources
+
+    resources = ray.cluster_resources()
+    validate_resources(space, resources.get("GPU", 0))
+    if space.resources.cpus_per_trial > resources.get("CPU", 0):
+        raise UserError(f"cpus_per_trial={space.resources.cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+
+
+def open_optuna_storage(url: str, study_name: str, *, overwrite: bool):
+    """Open the RDB storage and check the study name is free (or may be replaced); `create_study` makes the
+    study later, when the search really starts."""
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - bad URL, missing driver, unreachable database
+        raise UserError(f"--optuna-storage {url}: cannot open it ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if study_name in {s.study_name for s in storage.get_all_studies()} and not overwrite:
+        raise UserError(f"--optuna-storage {url}: a study named {study_name!r} exists already; pass --overwrite to replace it")
+    return storage
+
+
+def create_study(storage, study_name: str, mode: str) -> None:
+    """Create (replacing one of that name) the study that OptunaSearch then loads and fills, so
+    optuna-dashboard can follow the search: `optuna-dashboard sqlite:///study.db`."""
+    if study_name in {s.study_name for s in storage.get_all_studies()}:
+        optuna.delete_study(study_name=study_name, storage=storage)
+    optuna.create_study(storage=storage, study_name=study_name, direction="maximize" if mode == "max" else "minimize")
+
+
+def _trainable(space: SearchSpace, split):
+    # looked up on the module when called, so a wrapper set there (the benches, the cluster tests) is used
+    sched = space.scheduler
+    rungs = asha_rungs(sched.grace_period, sched.max_t, sched.reduction_factor) if sched.type == "asha" else []
+    return tune.with_resources(
+        tune.with_parameters(trainable.train_multivae, split=split, checkpoint_every=space.checkpoint.every, checkpoint_epochs=tuple(rungs),
+                              searched=tuple(space.params)),
+        {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial})
+
+
+def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: int, quiet: bool,
+              callbacks: Sequence[Any] = (), optuna_storage: Any = None) -> tune.Tuner:
+    """The Tuner of a new experiment `<root>/<name>`."""
+    search, sched = space.search, space.scheduler
+    if sched.type == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric, mode=search.mode, max_t=sched.max_t,
+                                  grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
+    searcher = OptunaSearch(metric=search.metric, mode=search.mode, sampler=optuna.samplers.TPESampler(seed=search.seed),
+                            points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None, **study)
+    progress = [] if quiet else [ProgressLine(search.metric, sched.max_t if sched.type == "asha" else None, search.num_samples)]
+    run_config = tune.RunConfig(
+        name=name, storage_path=root, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoint.keep),   # the latest ones
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        sync_config=tune.SyncConfig(sync_artifacts=True),   # uploads the trials' TensorBoard runs (tuning.trainable)
+        callbacks=[NoTuneTensorBoard(), *progress, *callbacks])
+    tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+                                  scheduler=scheduler, num_samples=search.num_samples, trial_dirname_creator=trial_dirname)
+    return tune.Tuner(_trainable(space, split), param_space=to_tune(space), tune_config=tune_config, run_config=run_config)
+
+
+def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: bool) -> tune.Tuner:
+    """The Tuner of an interrupted experiment: the searcher (with its Optuna study), the scheduler, the run
+    config and the trials come back from the experiment folder; only the trainable (and with it the dataset)
+    is given again. ASHA's rungs, which Ray does not save, are rebuilt from the trials' results."""
+    tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored)
+    if space.scheduler.type == "asha":
+        rows = {}
+        for d in experiment.list_dirs(exp_path):
+            path = experiment.join(d, experiment.TRIAL_RESULTS)
+            if experiment.exists(path):
+                for row in experiment.parse_result_rows(experiment.read_text(path)):
+                    if row.get("trial_id"):
+                        rows.setdefault(str(row["trial_id"]), []).append(row)
+        scheduler = ray_compat.restored_scheduler(tuner)
+        if scheduler is not None:
+            ray_compat.refill_asha_rungs(scheduler, rows, space.search.metric, space.search.mode, space.scheduler.max_t)
+    return tuner
+
+
+__all__ = ["check_cluster_resources", "create_study", "new_tuner", "open_optuna_storage", "restored_tuner", "start_ray"]
