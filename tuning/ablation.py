@@ -40,12 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from multivae.batch import SparseBatch
 from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.errors import ArgParser, UserError, run_cli
-from multivae.evaluate import DEFAULT_METRICS, ScoreFn, model_scorer, per_user_metrics, popularity_scorer, summarize
+from multivae.evaluate import DEFAULT_METRICS, model_scorer, per_user_metrics, popularity_scorer, summarize
+from multivae.files import atomic_write_text, dumps_json, jsonable
+from multivae.latent import active_units, group_means, latent_params, sampled_scorer
 from multivae.model import MultiVAE, build_model, kl_divergence
 from multivae.training import batches_per_epoch, configs_from_payload
+from tuning.experiment import RESULTS, RUN_META, SPACE_COPY
 
 KINDS = ("likelihood", "annealing", "inference", "input", "budget")
 # The settings each kind varies besides the seed (None: any; the budget ablation compares searched models).
@@ -57,86 +59,11 @@ FACTORS: dict[str, tuple[str, ...] | None] = {
     "budget": None,
 }
 NOT_SETTINGS = ("seed", "device", "threads")   # never part of a level
-ACTIVE_THRESHOLD = 0.01                        # Burda et al. (2016): Cov_x(E_q[z_d]) > 0.01
-N_GROUPS = 5                                   # activity quintiles
 N_SAMPLES = 10                                 # draws of z for the averaged ranking
-SAMPLE_SEED = 0                                # the draws are reproducible
 INFERENCE_MODES = {"mu": "z = mu", "sample": "z sampled (1 draw)", "mean10": "mean of 10 draws"}
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "ablations"
 MEASURES = ("ndcg@100", "recall@20", "recall@50", "kl_end", "kl_weight_end", "kl_test", "active_units", "mean_variance",
             "best_epoch", "beta_at_best", "val_ndcg@100", "train_time_s")
-
-
-# --- measures: plain functions on models and arrays (tests call them directly) --------------------------
-
-@torch.no_grad()
-def latent_params(model: MultiVAE, fold_in, batch_size: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """mu and logvar of q(z | x) for every row of `fold_in`, in eval mode (no input dropout)."""
-    model.eval()
-    mus, logvars = [], []
-    for start in range(0, fold_in.shape[0], batch_size):
-        x = SparseBatch.from_csr(fold_in, slice(start, min(start + batch_size, fold_in.shape[0])))
-        mu, logvar = model.encode(x.to(next(model.parameters()).device))
-        mus.append(mu.cpu().numpy())
-        logvars.append(logvar.cpu().numpy())
-    return np.concatenate(mus), np.concatenate(logvars)
-
-
-def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> dict[str, Any]:
-    """Per latent dimension the variance of mu over users (rows); active when > threshold (Burda et al.)."""
-    var = np.asarray(mu, dtype=np.float64).var(axis=0)
-    return {"active_units": int((var > threshold).sum()), "latent_dim": int(var.size),
-            "mean_variance": float(var.mean()), "variances": var.tolist()}
-
-
-def activity_groups(sizes: np.ndarray, n_groups: int = N_GROUPS) -> np.ndarray:
-    """Group of each user (0 = lightest): users ranked by size, ties in row order, cut into `n_groups`
-    groups whose sizes differ by at most one user."""
-    sizes = np.asarray(sizes)
-    if sizes.size < n_groups:
-        raise ValueError(f"{sizes.size} users cannot be cut into {n_groups} groups")
-    groups = np.empty(sizes.size, dtype=np.int64)
-    for g, rows in enumerate(np.array_split(np.argsort(sizes, kind="stable"), n_groups)):
-        groups[rows] = g
-    return groups
-
-
-def group_means(values: np.ndarray, sizes: np.ndarray, n_groups: int = N_GROUPS) -> list[dict[str, Any]]:
-    """Mean of `values` per activity group of the users that have a value (NaN: no target, left out)."""
-    values, sizes = np.asarray(values, dtype=np.float64), np.asarray(sizes)
-    keep = ~np.isnan(values)
-    values, sizes = values[keep], sizes[keep]
-    groups = activity_groups(sizes, n_groups)
-    return [{"group": g + 1, "users": int((groups == g).sum()), "min_size": int(sizes[groups == g].min()),
-             "max_size": int(sizes[groups == g].max()), "mean": float(values[groups == g].mean())} for g in range(n_groups)]
-
-
-LIKELIHOOD_MEAN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "multinomial": lambda logits: F.softmax(logits, dim=1),   # item probabilities
-    "bernoulli": torch.sigmoid,
-    "gaussian": lambda logits: logits,
-}
-
-
-def sampled_scorer(model: MultiVAE, n_samples: int = 1, seed: int = SAMPLE_SEED) -> ScoreFn:
-    """Scores with z drawn from q(z | x) (eval mode otherwise: no dropout). One draw: the logits of that z;
-    several: the mean over the draws of the likelihood's mean (softmax probabilities for the multinomial)."""
-    if not isinstance(model, MultiVAE):
-        raise ValueError("sampled z needs a Mult-VAE (a Mult-DAE has no q(z | x))")
-    mean_of = LIKELIHOOD_MEAN[model.config.likelihood]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-
-    def draw(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return model.decode(mu + std * torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype))
-
-    def score(x: SparseBatch) -> torch.Tensor:
-        model.eval()
-        mu, logvar = model.encode(x)
-        std = torch.exp(0.5 * logvar)
-        if n_samples == 1:
-            return draw(mu, std)
-        return torch.stack([mean_of(draw(mu, std)) for _ in range(n_samples)]).mean(dim=0)
-    return score
 
 
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
@@ -231,7 +158,6 @@ def select_trials(main: list[TrialRun], also: list[TrialRun], kind: str) -> tupl
 def load_split(experiments: Sequence[Path], data_dir: str | None, cache_dir: str | None):
     """The dataset the experiments were run on (they must share it), from its processed cache."""
     from multivae.data import load_dataset
-    from tuning.run import SPACE_COPY
     from tuning.space import load_space
 
     datasets = []
@@ -545,8 +471,6 @@ def plot(kind: str, result: dict[str, Any], path: Path) -> None:
 
 def run_command(exp: Path) -> tuple[str, float | None]:
     """How tuning.run was started for `exp` (tuning_run.json), and its total wall time (results.json)."""
-    from tuning.run import RESULTS, RUN_META
-
     cmd = f"python -m tuning.run (see {exp / RUN_META})"
     if (exp / RUN_META).exists():
         argv = json.loads((exp / RUN_META).read_text()).get("argv")
@@ -563,18 +487,6 @@ def search_summary(exp: Path) -> list[dict[str, Any]]:
     return [{"trial": t.path.name, "lr": t.settings["lr"], "dropout": t.settings["dropout"],
              "val_ndcg@100": float(t.payload["best"]["value"]), "best_epoch": int(t.payload["best"]["epoch"])}
             for t in trials]
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def analyse(kind: str, experiments: Sequence[Path], also: Sequence[Path] = (), searches: Sequence[Path] = (),
@@ -643,10 +555,10 @@ def write(exp: Path, kind: str, result: dict[str, Any]) -> None:
     """Add this kind's section to `<exp>/ablation.json` and re-render `<exp>/ablation.md` from it."""
     path = exp / "ablation.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[kind] = _jsonable(result)
-    path.write_text(json.dumps(data, indent=1))
+    data[kind] = jsonable(result)
+    atomic_write_text(path, dumps_json(data, indent=1))
     md = [f"# Ablations of `{exp.name}`\n", *(render(k, data[k]) for k in KINDS if k in data)]
-    (exp / "ablation.md").write_text("\n".join(md))
+    atomic_write_text(exp / "ablation.md", "\n".join(md))
 
 
 def _parser() -> ArgParser:

@@ -12,6 +12,7 @@ from multivae.errors import UserError
 from multivae.evaluate import evaluate, model_scorer, per_user_metrics
 from multivae.model import ModelConfig, MultiVAE
 from multivae.training import TrainConfig, best_model, fit, save_state
+from multivae import latent
 from tuning import ablation
 from tuning.space import Choice, available_spaces, load_space
 
@@ -25,30 +26,30 @@ def test_active_units_counts_dimensions_whose_mean_varies_over_users():
                    rng.normal(3, 0.05, n),      # variance 0.0025: inactive, whatever its mean
                    rng.normal(0, 0.2, n),       # variance 0.04: active
                    np.full(n, 0.7)], axis=1)    # constant: inactive
-    units = ablation.active_units(mu)
+    units = latent.active_units(mu)
     assert units["active_units"] == 2
     assert units["latent_dim"] == 4
     assert units["mean_variance"] == pytest.approx((1.0 + 0.0025 + 0.04 + 0.0) / 4, rel=0.05)
-    assert ablation.active_units(mu, threshold=0.001)["active_units"] == 3
+    assert latent.active_units(mu, threshold=0.001)["active_units"] == 3
 
 
 def test_activity_groups_are_equal_sized_and_ordered_by_size():
     sizes = np.array([50, 5, 12, 7, 30, 9, 100, 6, 8, 20, 15, 11])
-    groups = ablation.activity_groups(sizes, 4)
+    groups = latent.activity_groups(sizes, 4)
     assert np.bincount(groups).tolist() == [3, 3, 3, 3]
     assert sorted(sizes[groups == 0]) == [5, 6, 7]            # the lightest users
     assert sorted(sizes[groups == 3]) == [30, 50, 100]        # the heaviest
     for g in range(3):                                         # every user of a group is at most as active as the next's
         assert sizes[groups == g].max() <= sizes[groups == g + 1].min()
-    assert np.bincount(ablation.activity_groups(np.arange(11), 5)).tolist() == [3, 2, 2, 2, 2]
+    assert np.bincount(latent.activity_groups(np.arange(11), 5)).tolist() == [3, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="cannot be cut into 5 groups"):
-        ablation.activity_groups(np.arange(4), 5)
+        latent.activity_groups(np.arange(4), 5)
 
 
 def test_group_means_leave_out_users_without_a_target():
     values = np.array([1.0, np.nan, 0.0, 0.5, 0.25, np.nan])
     sizes = np.array([10, 1, 2, 8, 4, 100])
-    groups = ablation.group_means(values, sizes, n_groups=2)
+    groups = latent.group_means(values, sizes, n_groups=2)
     assert [(g["users"], g["min_size"], g["max_size"], g["mean"]) for g in groups] == [(2, 2, 4, 0.125), (2, 8, 10, 0.75)]
 
 
@@ -80,7 +81,7 @@ def test_sampled_z_equals_z_mu_when_the_posterior_has_no_variance(tiny_split, tr
     model = _with_logvar(trained_vae, -1e4)                 # sigma = exp(-5000) = 0 in float32
     args = (tiny_split.test_fold_in, tiny_split.test_target)
     at_mu = per_user_metrics(model_scorer(model), *args)
-    sampled = per_user_metrics(ablation.sampled_scorer(model, n_samples), *args)
+    sampled = per_user_metrics(latent.sampled_scorer(model, n_samples), *args)
     for m in at_mu:
         np.testing.assert_allclose(sampled[m], at_mu[m], equal_nan=True)
 
@@ -89,9 +90,9 @@ def test_sampled_z_differs_from_z_mu_when_the_posterior_is_wide(tiny_split, trai
     model = _with_logvar(trained_vae, 4.0)                   # sigma = e^2 = 7.4: the draws swamp mu
     args = (tiny_split.test_fold_in, tiny_split.test_target)
     at_mu = evaluate(model_scorer(model), *args)["ndcg@100"]
-    one = evaluate(ablation.sampled_scorer(model, 1), *args)["ndcg@100"]
+    one = evaluate(latent.sampled_scorer(model, 1), *args)["ndcg@100"]
     assert one != pytest.approx(at_mu, abs=1e-6)
-    assert one == evaluate(ablation.sampled_scorer(model, 1), *args)["ndcg@100"]   # seeded: reproducible
+    assert one == evaluate(latent.sampled_scorer(model, 1), *args)["ndcg@100"]   # seeded: reproducible
 
 
 # --- the whole analysis on a tiny experiment ------------------------------------------------------------
