@@ -81,7 +81,7 @@ def read_run_info(exp: Path) -> RunInfo:
             info.results = None
     if (exp / SPACE_COPY).exists():
         try:
-            from tuning.space import load_space, to_optuna
+            from tuning.space import load_space
             from tuning.space import asha_rungs
 
             space = load_space(str(exp / SPACE_COPY))
@@ -92,7 +92,7 @@ def read_run_info(exp: Path) -> RunInfo:
             if space.scheduler.type == "asha":
                 sched = space.scheduler
                 info.max_t, info.rungs = sched.max_t, asha_rungs(sched.grace_period, sched.max_t, sched.reduction_factor)
-            info.distributions = to_optuna(space)
+            info.distributions = dict(space.params)
             info.params = list(info.distributions)
         except Exception as exc:  # noqa: BLE001 - the report still works from the trials alone
             print(f"note: {exp / SPACE_COPY} not used ({exc.__class__.__name__}: {exc}); parameters inferred from the trials",

@@ -2,7 +2,8 @@
 
     space = load_space("default")                        # search_spaces/default.yaml, or a path to a .yaml file
     space = with_overrides(space, num_samples=4)         # command-line flags, validated like the file
-    tune.Tuner(trainable, param_space=to_tune(space))    # fixed values + Tune domains (OptunaSearch converts them)
+    OptunaSearch(space=space.params, ...)                # Optuna's own distributions, handed over as they are
+    tune.Tuner(trainable, param_space=fixed_config(space))   # the fixed values; OptunaSearch adds the sampled ones
     model_cfg, train_cfg = split_trial_config(config, where="trial x")   # inside a trial
 
 The schema is documented in search_spaces/README.md. A bad file is one `UserError` line that names the
@@ -11,10 +12,11 @@ file, the key path and the value, e.g. `search_spaces/x.yaml: params.lr.low must
 List-valued choices (`hidden_dims: {type: choice, values: [[600], [600, 300]]}`) reach the searcher as
 their JSON text ("[600]", "[600, 300]"), because Optuna's categorical values must be None, bool, int, float
 or str. Fixed list values (`fixed: {hidden_dims: [600]}`) are encoded the same way, so a trial's config is
-flat scalars. `to_tune`, `to_optuna` and `space.search.points_to_evaluate` hold the encoded form;
+flat scalars. `space.params`, `fixed_config` and `space.search.points_to_evaluate` hold the encoded form;
 `split_trial_config` decodes it back into the tuple the dataclasses expect.
 
-Neither Ray nor Optuna is imported here at module level (`to_tune` and `to_optuna` import them).
+Neither Ray nor Optuna is imported here at module level (Optuna's distributions are imported when a space is
+parsed): a trial's worker, which only decodes its config, imports neither.
 """
 
 from __future__ import annotations
@@ -61,33 +63,22 @@ HIGHER_IS_BETTER = ("ndcg", "recall")   # every validation metric the trials rep
 
 # --- the typed objects --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Uniform:
-    low: float
-    high: float
+# A searched parameter is one of Optuna's distributions, which check themselves on construction:
+# FloatDistribution (uniform, loguniform), IntDistribution (int) and CategoricalDistribution (choice, list
+# values as their JSON text, see the module doc). They go to OptunaSearch as they are.
+Distribution = Any   # optuna.distributions.BaseDistribution; Optuna is imported only where one is built
 
 
-@dataclass(frozen=True)
-class LogUniform:
-    low: float
-    high: float
+def _od():
+    """optuna.distributions, imported on first use (a trial's worker never needs it)."""
+    import optuna.distributions
+
+    return optuna.distributions
 
 
-@dataclass(frozen=True)
-class IntRange:
-    """Integers low, low + step, ..., high (both ends included); `log` samples on a log scale (step 1)."""
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple   # the values as the dataclasses take them; list values as tuples
-
-
-Distribution = Union[Uniform, LogUniform, IntRange, Choice]
+def choice_values(name: str, dist: Distribution) -> tuple:
+    """A categorical's values as the dataclasses take them (list values as tuples)."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (decode_value(name, c) for c in dist.choices))
 
 
 @dataclass(frozen=True)
@@ -127,7 +118,7 @@ class SearchSpace:
     description: str
     dataset: DatasetConfig
     fixed: dict[str, Any]                    # field -> value as the dataclasses take it (tuples for lists)
-    params: dict[str, Distribution]          # field -> distribution, in the file's order
+    params: dict[str, Distribution]          # field -> Optuna distribution, in the file's order
     search: SearchSettings = field(default_factory=SearchSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     resources: Resources = field(default_factory=Resources)
@@ -255,8 +246,8 @@ class _Parser:
             if kind == "loguniform":
                 if low <= 0:
                     self.fail(f"{path}.low must be > 0 for loguniform, got {low!r}")
-                return LogUniform(low, high)
-            return Uniform(low, high)
+                return _od().FloatDistribution(low, high, log=True)
+            return _od().FloatDistribution(low, high)
         if kind == "int":
             low = self.integer(self.required(spec, "low", path, kind), f"{path}.low")
             high = self.integer(self.required(spec, "high", path, kind), f"{path}.high")
@@ -274,7 +265,7 @@ class _Parser:
                 self.fail(f"{path}.low must be >= 1 with log: true, got {low!r}")
             if (high - low) % step:
                 self.fail(f"{path}.high must be low plus a multiple of step ({low} + k * {step}), got {high!r}")
-            return IntRange(low, high, step, log)
+            return _od().IntDistribution(low, high, log=log, step=step)
         values = self.required(spec, "values", path, kind)
         if not isinstance(values, list) or not values:
             self.fail(f"{path}.values must be a non-empty list, got {values!r}")
@@ -284,11 +275,13 @@ class _Parser:
             if not _is_choice_value(v):
                 self.fail(f"{vpath} must be null, a bool, a number, a string or a list of those, got {v!r}")
             self.no_number_text(name, v, vpath)
+            if isinstance(v, str) and _is_sequence_field(name):   # text would pass for its JSON encoding: refuse it
+                _build({name: v}, where=f"{self.label}: {vpath}")
             v = tuple(v) if isinstance(v, list) else v
             if any(_same(v, seen) for seen in out):
                 self.fail(f"{vpath} repeats an earlier value, got {_plain(v)!r}")
             out.append(v)
-        return Choice(tuple(out))
+        return _od().CategoricalDistribution([encode_value(v) for v in out])
 
     def no_number_text(self, name: str, value: Any, path: str) -> None:
         """`1e-4` is text in YAML 1.1: say so where the field takes no text."""
@@ -310,13 +303,13 @@ class _Parser:
         return {name: self.point_value(f"{path}.{name}", name, point[name], dist) for name, dist in params.items()}
 
     def point_value(self, path: str, name: str, value: Any, dist: Distribution) -> Any:
-        if isinstance(dist, Choice):
+        if isinstance(dist, _od().CategoricalDistribution):
             v = tuple(value) if isinstance(value, list) else value
-            for candidate in dist.values:
+            for candidate in choice_values(name, dist):
                 if _same(v, candidate):
                     return encode_value(candidate)
-            self.fail(f"{path} must be one of {[_plain(c) for c in dist.values]}, got {value!r}")
-        if isinstance(dist, IntRange):
+            self.fail(f"{path} must be one of {[_plain(c) for c in choice_values(name, dist)]}, got {value!r}")
+        if isinstance(dist, _od().IntDistribution):
             v = self.integer(value, path)
             if not dist.low <= v <= dist.high or (v - dist.low) % dist.step:
                 grid = f" on the grid of step {dist.step}" if dist.step > 1 else ""
@@ -357,9 +350,9 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
     # then everything together, so a rejected value is blamed on the key that holds it.
     _build(fixed_raw, where=label, prefix="fixed")
     for pname, dist in params.items():
-        for probe, value in _probes(dist):
+        for probe, value in _probes(pname, dist):
             _build({**fixed_raw, pname: value}, where=f"{label}: params.{pname}.{probe}")
-    model_cfg, train_cfg = _build({**fixed_raw, **{k: representative(d) for k, d in params.items()}},
+    model_cfg, train_cfg = _build({**fixed_raw, **{k: representative(k, d) for k, d in params.items()}},
                                   where=f"{label}: params (every parameter at its midpoint or first choice)")
     built = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)}
     fixed = {k: built[k] for k in fixed_raw}
@@ -459,22 +452,21 @@ def _build(config: Mapping[str, Any], where: str, prefix: str = "") -> tuple[Mod
     return from_dict(ModelConfig, model, where=where, prefix=prefix), from_dict(TrainConfig, train, where=where, prefix=prefix)
 
 
-def representative(dist: Distribution) -> Any:
+def representative(name: str, dist: Distribution) -> Any:
     """The value the checks build the dataclasses with: the midpoint (geometric on a log scale), or the first choice."""
-    if isinstance(dist, Uniform):
-        return (dist.low + dist.high) / 2
-    if isinstance(dist, LogUniform):
-        return math.sqrt(dist.low * dist.high)
-    if isinstance(dist, IntRange):
+    od = _od()
+    if isinstance(dist, od.CategoricalDistribution):
+        return choice_values(name, dist)[0]
+    if isinstance(dist, od.IntDistribution):
         if dist.log:
             return min(dist.high, max(dist.low, round(math.sqrt(dist.low * dist.high))))
         return dist.low + dist.step * ((dist.high - dist.low) // dist.step // 2)
-    return dist.values[0]
+    return math.sqrt(dist.low * dist.high) if dist.log else (dist.low + dist.high) / 2
 
 
-def _probes(dist: Distribution) -> list[tuple[str, Any]]:
-    if isinstance(dist, Choice):
-        return [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
+def _probes(name: str, dist: Distribution) -> list[tuple[str, Any]]:
+    if isinstance(dist, _od().CategoricalDistribution):
+        return [(f"values[{i}]", v) for i, v in enumerate(choice_values(name, dist))]
     return [("low", dist.low), ("high", dist.high)]
 
 
@@ -557,46 +549,10 @@ def _join(path: str, key: Any) -> str:
 
 # --- for the searcher -----------------------------------------------------------------------------------
 
-def to_tune(space: SearchSpace) -> dict[str, Any]:
-    """Tune's param_space: the fixed values (encoded) and a Tune domain per searched parameter.
-
-    Integer ranges include `high` (Tune's randint excludes it, so it gets high + 1); OptunaSearch turns the
-    domains into exactly `to_optuna(space)`."""
-    from ray import tune
-
-    out: dict[str, Any] = {k: encode_value(v) for k, v in space.fixed.items()}
-    for name, d in space.params.items():
-        if isinstance(d, Uniform):
-            out[name] = tune.uniform(d.low, d.high)
-        elif isinstance(d, LogUniform):
-            out[name] = tune.loguniform(d.low, d.high)
-        elif isinstance(d, IntRange):
-            if d.log:
-                out[name] = tune.lograndint(d.low, d.high + 1)
-            elif d.step > 1:
-                out[name] = tune.qrandint(d.low, d.high, d.step)
-            else:
-                out[name] = tune.randint(d.low, d.high + 1)
-        else:
-            out[name] = tune.choice([encode_value(v) for v in d.values])
-    return out
-
-
-def to_optuna(space: SearchSpace) -> dict[str, Any]:
-    """The searched parameters as Optuna distributions (what OptunaSearch makes of `to_tune(space)`)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
-    for name, d in space.params.items():
-        if isinstance(d, Uniform):
-            out[name] = FloatDistribution(d.low, d.high)
-        elif isinstance(d, LogUniform):
-            out[name] = FloatDistribution(d.low, d.high, log=True)
-        elif isinstance(d, IntRange):
-            out[name] = IntDistribution(d.low, d.high, log=d.log, step=d.step)
-        else:
-            out[name] = CategoricalDistribution([encode_value(v) for v in d.values])
-    return out
+def fixed_config(space: SearchSpace) -> dict[str, Any]:
+    """The fixed values as a trial's config holds them (lists as their JSON text): Tune's `param_space`, to
+    which OptunaSearch adds each trial's sampled `space.params`."""
+    return {k: encode_value(v) for k, v in space.fixed.items()}
 
 
 # --- after parsing: resources, command-line overrides, back to the YAML form ----------------------------
@@ -649,11 +605,13 @@ def space_to_yaml(space: SearchSpace) -> str:
 
 def space_to_dict(space: SearchSpace) -> dict[str, Any]:
     """The space in the YAML schema (`parse_space(space_to_dict(s), s.source) == s`)."""
-    def dist(d: Distribution) -> dict[str, Any]:
-        if isinstance(d, Choice):
-            return {"type": "choice", "values": [_plain(v) for v in d.values]}
-        kind = {Uniform: "uniform", LogUniform: "loguniform", IntRange: "int"}[type(d)]
-        return {"type": kind, **dataclasses.asdict(d)}
+    def dist(name: str, d: Distribution) -> dict[str, Any]:
+        od = _od()
+        if isinstance(d, od.CategoricalDistribution):
+            return {"type": "choice", "values": [_plain(v) for v in choice_values(name, d)]}
+        if isinstance(d, od.IntDistribution):
+            return {"type": "int", "low": d.low, "high": d.high, "step": d.step, "log": d.log}
+        return {"type": "loguniform" if d.log else "uniform", "low": d.low, "high": d.high}
 
     search = dataclasses.asdict(space.search)
     search["points_to_evaluate"] = [{k: _plain(decode_value(k, v)) for k, v in pt.items()}
@@ -662,7 +620,7 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
         "description": space.description,
         "dataset": to_dict(space.dataset),
         "fixed": {k: _plain(v) for k, v in space.fixed.items()},
-        "params": {k: dist(d) for k, d in space.params.items()},
+        "params": {k: dist(k, d) for k, d in space.params.items()},
         "search": search,
         "scheduler": {k: v for k, v in dataclasses.asdict(space.scheduler).items() if v is not None},
         "resources": dataclasses.asdict(space.resources),
@@ -671,8 +629,8 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
 
 
 __all__ = [
-    "SPACES_DIR", "Choice", "CheckpointSettings", "Distribution", "IntRange", "LogUniform", "Resources",
-    "SchedulerSettings", "SearchSettings", "asha_rungs", "SearchSpace", "Uniform", "available_spaces", "decode_value",
+    "SPACES_DIR", "CheckpointSettings", "Distribution", "Resources", "SchedulerSettings", "SearchSettings",
+    "SearchSpace", "asha_rungs", "available_spaces", "choice_values", "decode_value", "fixed_config",
     "encode_value", "load_space", "parse_space", "representative", "space_to_dict", "space_to_yaml", "split_trial_config",
-    "to_optuna", "to_tune", "validate_resources", "with_overrides",
+    "validate_resources", "with_overrides",
 ]

@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from multivae.errors import UserError
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
-from tuning.space import SearchSpace, asha_rungs, to_tune
+from tuning.space import SearchSpace, asha_rungs, fixed_config
 
 
 def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
@@ -90,7 +90,8 @@ def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: 
         scheduler = FIFOScheduler()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
-    searcher = OptunaSearch(metric=search.metric, mode=search.mode, sampler=optuna.samplers.TPESampler(seed=search.seed),
+    searcher = OptunaSearch(space=dict(space.params), metric=search.metric, mode=search.mode,
+                            sampler=optuna.samplers.TPESampler(seed=search.seed),
                             points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None, **study)
     progress = [] if quiet else [ProgressLine(search.metric, sched.max_t if sched.type == "asha" else None, search.num_samples)]
     run_config = tune.RunConfig(
@@ -101,7 +102,7 @@ def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: 
         callbacks=[NoTuneTensorBoard(), *progress, *callbacks])
     tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
                                   scheduler=scheduler, num_samples=search.num_samples, trial_dirname_creator=trial_dirname)
-    return tune.Tuner(_trainable(space, split), param_space=to_tune(space), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(_trainable(space, split), param_space=fixed_config(space), tune_config=tune_config, run_config=run_config)
 
 
 def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: bool) -> tune.Tuner:

@@ -14,7 +14,9 @@ from multivae.model import ModelConfig, MultiVAE
 from multivae.training import TrainConfig, best_model, fit, save_state
 from multivae import latent
 from tuning import ablation
-from tuning.space import Choice, available_spaces, load_space
+from optuna.distributions import CategoricalDistribution
+
+from tuning.space import available_spaces, load_space
 
 
 # --- measures -------------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_every_ablation_space_is_an_exact_grid_or_a_search_on_ml1m(name):
     assert space.fixed["epochs"] == 100
     points = [json.dumps(p, sort_keys=True) for p in space.search.points_to_evaluate]
     assert len(set(points)) == len(points)                     # no combination twice
-    if all(isinstance(d, Choice) for d in space.params.values()):   # a grid: every point runs, nothing else
+    if all(isinstance(d, CategoricalDistribution) for d in space.params.values()):   # a grid: every point runs, nothing else
         assert space.search.num_samples == len(points)
     else:                                                      # the budget searches: the paper's point first
         assert space.search.points_to_evaluate[0] == {"lr": 1e-3, "dropout": 0.5}

@@ -13,9 +13,11 @@ from multivae.errors import UserError  # noqa: E402
 from multivae.model import ModelConfig  # noqa: E402
 from multivae.training import REFERENCE_TOTAL_ANNEAL_EPOCHS, TrainConfig, batches_per_epoch, resolved_anneal_steps  # noqa: E402
 from tuning import space as sp  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
+
 from tuning.space import (  # noqa: E402
-    Choice, IntRange, LogUniform, Uniform, available_spaces, decode_value, encode_value, load_space, parse_space,
-    space_to_dict, split_trial_config, to_optuna, to_tune, validate_resources, with_overrides,
+    available_spaces, choice_values, decode_value, encode_value, fixed_config, load_space, parse_space, space_to_dict,
+    split_trial_config, validate_resources, with_overrides,
 )
 
 SHIPPED = ("default", "paper", "smoke")
@@ -45,13 +47,31 @@ def test_every_shipped_space_loads_and_round_trips(name):
     assert len(space.search.points_to_evaluate) <= space.search.num_samples
 
 
+def tune_domains(space):
+    """The space as Tune domains, as the searcher was given it before Optuna's distributions became the parsed
+    form (int ranges include `high`: Tune's randint excludes it)."""
+    from ray import tune
+
+    out = {}
+    for name, d in space.params.items():
+        if isinstance(d, CategoricalDistribution):
+            out[name] = tune.choice(list(d.choices))
+        elif isinstance(d, IntDistribution):
+            out[name] = (tune.lograndint(d.low, d.high + 1) if d.log else tune.qrandint(d.low, d.high, d.step) if d.step > 1
+                         else tune.randint(d.low, d.high + 1))
+        else:
+            out[name] = tune.loguniform(d.low, d.high) if d.log else tune.uniform(d.low, d.high)
+    return out
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_to_optuna_is_what_optuna_search_makes_of_to_tune(name):
+def test_the_parsed_distributions_are_what_optuna_search_made_of_the_tune_domains(name):
+    """Handing Optuna's distributions to OptunaSearch directly samples exactly what the Tune domains gave."""
     from ray.tune.search.optuna import OptunaSearch
 
     space = load_space(name)
-    assert OptunaSearch.convert_search_space(to_tune(space)) == to_optuna(space)
-    assert list(to_optuna(space)) == list(space.params)
+    assert OptunaSearch.convert_search_space(tune_domains(space)) == space.params
+    assert list(OptunaSearch.convert_search_space(tune_domains(space))) == list(space.params)
 
 
 def test_a_path_loads_like_a_name():
@@ -70,7 +90,8 @@ def test_smoke_is_small_and_offline():
     sched = space.scheduler
     assert (sched.type, sched.grace_period, sched.max_t, sched.reduction_factor) == ("asha", 2, 6, 2.0)
     assert space.checkpoint.every == 2 and space.resources.cpus_per_trial == 1 and space.resources.gpus_per_trial == 0
-    assert any(isinstance(d, Choice) and any(isinstance(v, tuple) for v in d.values) for d in space.params.values()), \
+    assert any(isinstance(d, CategoricalDistribution) and any(isinstance(v, tuple) for v in choice_values(k, d))
+               for k, d in space.params.items()), \
         "smoke should exercise the list-choice encoding end to end"
 
 
@@ -109,7 +130,7 @@ def test_paper_fixes_the_paper_and_sweeps_each_cap_once():
     assert model_cfg == ModelConfig(hidden_dims=(600,)) and model_cfg.hidden == ModelConfig().hidden   # the paper's
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.anneal_steps, cfg.weight_decay) == (200, 500, 1e-3, None, 0.0)
     assert space.scheduler.type == "fifo" and list(space.params) == ["anneal_cap"]
-    caps = space.params["anneal_cap"].values
+    caps = choice_values("anneal_cap", space.params["anneal_cap"])
     points = [p["anneal_cap"] for p in space.search.points_to_evaluate]
     assert sorted(points) == sorted(caps) and len(caps) == space.search.num_samples
     # the reference schedule reaches beta = epochs / 854.7 at most: caps above that would repeat a trial
@@ -163,22 +184,10 @@ def test_scalars_are_not_encoded_or_decoded():
 
 # --- the searcher spaces --------------------------------------------------------------------------------
 
-def test_default_tune_space_types_and_bounds():
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from ray.tune.search.sample import Categorical, Float, Integer, LogUniform as TuneLog
-
+def test_default_space_types_and_bounds():
     space = load_space("default")
-    tune_space = to_tune(space)
-    assert tune_space["epochs"] == 100   # fixed values ride along as constants
-    lr = tune_space["lr"]
-    assert isinstance(lr, Float) and isinstance(lr.get_sampler(), TuneLog) and (lr.lower, lr.upper) == (1e-4, 1e-2)
-    steps = tune_space["anneal_steps"]
-    assert isinstance(steps, Integer) and isinstance(steps.get_sampler(), TuneLog)
-    assert (steps.lower, steps.upper) == (500, 20001)   # Tune's upper bound is exclusive
-    assert isinstance(tune_space["hidden_dims"], Categorical)
-    assert tune_space["hidden_dims"].categories == ["[600]", "[400]", "[800]", "[600, 400]"]
-
-    dists = to_optuna(space)
+    assert fixed_config(space)["epochs"] == 100   # fixed values ride along as constants
+    dists = space.params
     assert dists["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
     assert dists["anneal_cap"] == FloatDistribution(0.0, 1.0)
     assert dists["dropout"] == FloatDistribution(0.0, 0.8)
@@ -187,40 +196,38 @@ def test_default_tune_space_types_and_bounds():
     assert dists["batch_size"] == CategoricalDistribution([128, 256, 500, 1000])
     assert dists["likelihood"] == CategoricalDistribution(["multinomial", "bernoulli", "gaussian"])
     assert dists["weight_decay"] == CategoricalDistribution([0.0, 1e-6, 1e-5, 1e-4])
+    assert dists["hidden_dims"] == CategoricalDistribution(["[600]", "[400]", "[800]", "[600, 400]"])
 
 
 def _space(params, **sections):
     return parse_space({"fixed": {"epochs": 10}, "params": params, **sections}, "inline.yaml")
 
 
-@pytest.mark.parametrize("spec,optuna_args,tune_bounds", [
-    ({"type": "int", "low": 1, "high": 5}, dict(low=1, high=5), (1, 6)),
-    ({"type": "int", "low": 100, "high": 1000, "step": 100}, dict(low=100, high=1000, step=100), (100, 1000)),
-    ({"type": "int", "low": 100, "high": 1000, "log": True}, dict(low=100, high=1000, log=True), (100, 1001)),
-    ({"type": "int", "low": 7, "high": 7}, dict(low=7, high=7), (7, 8)),
+@pytest.mark.parametrize("spec,optuna_args", [
+    ({"type": "int", "low": 1, "high": 5}, dict(low=1, high=5)),
+    ({"type": "int", "low": 100, "high": 1000, "step": 100}, dict(low=100, high=1000, step=100)),
+    ({"type": "int", "low": 100, "high": 1000, "log": True}, dict(low=100, high=1000, log=True)),
+    ({"type": "int", "low": 7, "high": 7}, dict(low=7, high=7)),
 ])
-def test_int_ranges_include_high_in_both_searchers(spec, optuna_args, tune_bounds):
-    from optuna.distributions import IntDistribution
-    from ray.tune.search.optuna import OptunaSearch
+def test_int_ranges_include_high(spec, optuna_args):
+    import optuna
 
     space = _space({"batch_size": spec})
     d = space.params["batch_size"]
-    assert isinstance(d, IntRange) and (d.low, d.high) == (spec["low"], spec["high"])
-    assert to_optuna(space)["batch_size"] == IntDistribution(**optuna_args)
-    assert OptunaSearch.convert_search_space(to_tune(space)) == to_optuna(space)
-    domain = to_tune(space)["batch_size"]
-    assert (domain.lower, domain.upper) == tune_bounds
-    samples = domain.sample(size=200)
+    assert d == IntDistribution(**optuna_args)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    samples = [study.ask({"b": d}).params["b"] for _ in range(200)]
     assert all(spec["low"] <= s <= spec["high"] and (s - spec["low"]) % spec.get("step", 1) == 0 for s in samples)
+    assert spec["high"] in samples or spec.get("log")   # the upper end is reachable
 
 
 def test_distribution_objects():
     space = _space({"lr": {"type": "loguniform", "low": 1.0e-4, "high": 1}, "anneal_cap": {"type": "uniform", "low": 0, "high": 1},
                     "hidden_dims": {"type": "choice", "values": [[600], None, [200, 100]]}})
-    assert space.params == {"lr": LogUniform(1e-4, 1.0), "anneal_cap": Uniform(0.0, 1.0),
-                            "hidden_dims": Choice(((600,), None, (200, 100)))}
+    assert space.params == {"lr": FloatDistribution(1e-4, 1.0, log=True), "anneal_cap": FloatDistribution(0.0, 1.0),
+                            "hidden_dims": CategoricalDistribution(["[600]", None, "[200, 100]"])}
     assert isinstance(space.params["anneal_cap"].low, float)
-    assert to_tune(space)["hidden_dims"].categories == ["[600]", None, "[200, 100]"]
+    assert choice_values("hidden_dims", space.params["hidden_dims"]) == ((600,), None, (200, 100))
 
 
 def test_optuna_search_suggests_the_points_first_and_trials_decode():
@@ -230,16 +237,15 @@ def test_optuna_search_suggests_the_points_first_and_trials_decode():
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space("default")
-    searcher = OptunaSearch(metric=space.search.metric, mode=space.search.mode, sampler=optuna.samplers.TPESampler(seed=0),
-                            points_to_evaluate=[dict(p) for p in space.search.points_to_evaluate])
-    assert searcher.set_search_properties(space.search.metric, space.search.mode, to_tune(space))
+    searcher = OptunaSearch(space=dict(space.params), metric=space.search.metric, mode=space.search.mode,
+                            sampler=optuna.samplers.TPESampler(seed=0), points_to_evaluate=[dict(p) for p in space.search.points_to_evaluate])
     first = searcher.suggest("t0")
     assert first == PAPER_POINT
-    fixed = {k: encode_value(v) for k, v in space.fixed.items()}
+    fixed = fixed_config(space)
     seen = set()
     for i, config in enumerate([first] + [searcher.suggest(f"t{i}") for i in range(1, 6)]):
         model_cfg, cfg = split_trial_config({**fixed, **config}, where=f"t{i}")
-        assert model_cfg.hidden_dims in space.params["hidden_dims"].values
+        assert model_cfg.hidden_dims in choice_values("hidden_dims", space.params["hidden_dims"])
         assert 1e-4 <= cfg.lr <= 1e-2 and 500 <= cfg.anneal_steps <= 20000 and cfg.epochs == 100
         seen.add(config["hidden_dims"])
     assert seen <= {"[600]", "[400]", "[800]", "[600, 400]"}
@@ -299,7 +305,7 @@ def test_names_may_contain_a_folder(tmp_path, monkeypatch):
         "params:\n  likelihood: {type: choice, values: [multinomial, gaussian]}\n")
     monkeypatch.setattr(sp, "SPACES_DIR", tmp_path)
     space = load_space("ablations/likelihood")
-    assert space.name == "ablations/likelihood" and space.params["likelihood"] == Choice(("multinomial", "gaussian"))
+    assert space.name == "ablations/likelihood" and space.params["likelihood"] == CategoricalDistribution(["multinomial", "gaussian"])
     assert available_spaces() == ["ablations/likelihood"]
 
 
