@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from multivae.config import check_domains
 from multivae.errors import UserError
 
 
@@ -49,17 +50,13 @@ class ProtocolConfig:
     seed: int = 98765                   # the reference seed for the user permutation and the target draw
 
     def __post_init__(self) -> None:
-        if self.min_user_count < 0 or self.min_item_count < 0:
-            raise ValueError(f"min_user_count and min_item_count must be >= 0, got {self.min_user_count}, {self.min_item_count}")
-        h = self.heldout_users
-        if isinstance(h, float) and not (0.0 < h < 0.5):
-            raise ValueError(f"heldout_users as a fraction must be in (0, 0.5), got {h}")
-        if isinstance(h, int) and h < 1:
-            raise ValueError(f"heldout_users must be >= 1, got {h}")
-        if not (0.0 < self.target_fraction < 1.0):
-            raise ValueError(f"target_fraction must be in (0, 1), got {self.target_fraction}")
-        if self.min_items_for_target < 1:
-            raise ValueError(f"min_items_for_target must be >= 1, got {self.min_items_for_target}")
+        check_domains(self, {"min_rating": "finite", "min_user_count": ">= 0", "min_item_count": ">= 0",
+                             "target_fraction": "in (0, 1)", "min_items_for_target": ">= 1", "seed": "in [0, 2**32)"})
+        h = self.heldout_users   # a count, or a fraction of the users
+        if isinstance(h, float):
+            check_domains(self, {"heldout_users": "in (0, 0.5)"})
+        elif h is not None:
+            check_domains(self, {"heldout_users": ">= 1"})
 
     def n_heldout(self, n_users: int) -> int:
         h = PAPER_HELDOUT_USERS if self.heldout_users is None else self.heldout_users
