@@ -83,6 +83,29 @@ def read_table(
     return df.reset_index(drop=True)
 
 
+def ids_like(values: pd.Series, catalogue: np.ndarray, path: str | Path, column: str, first_line: int = 2) -> pd.Series:
+    """Ids read from `path` in the type of the `catalogue`'s ids, so that they can be looked up in it: integers
+    for an integer catalogue (a value that is not an integer is a one-line error naming its line), strings
+    for a string catalogue. `first_line`: the line of the first value (2: after a header)."""
+    kind = np.asarray(catalogue).dtype.kind
+    if kind in "OUS":
+        return values.astype(str)
+    if kind not in "iuf":
+        raise ValueError(f"unsupported catalogue id type {np.asarray(catalogue).dtype}")
+    numeric = values if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) \
+        else pd.to_numeric(values, errors="coerce")
+    as_float = numeric.astype(np.float64).to_numpy()
+    bad = ~np.isfinite(as_float) if kind == "f" else ~(np.isfinite(as_float) & (as_float == np.round(as_float)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = values.iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value
+        what = "numbers" if kind == "f" else "integers"
+        raise UserError(f"{path}: {column} id {short_repr(value)} on line {i + first_line} is not one of the model's ids, "
+                        f"which are {what}: a file for another catalogue?")
+    return numeric.astype(np.float64 if kind == "f" else np.int64)
+
+
 # --- helpers ----------------------------------------------------------------------------------------
 
 def _check_file(path: Path) -> None:
