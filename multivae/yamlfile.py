@@ -97,7 +97,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def load_yaml_text(text: str, label: str) -> Any:
     if len(text) > MAX_BYTES:
-        raise UserError(f"{label}: {len(text):,} characters is more than a YAML file here may hold ({MAX_BYTES:,})")
+        raise UserError(f"{label}: {len(text):,} characters, larger than a YAML file here may be ({MAX_BYTES:,})")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
