@@ -144,7 +144,11 @@ class SplitData:
         meta = json.loads(dumps_json({"info": self.info, "stats": self.stats()}))   # as it will read back
         with atomic_open(path) as f:
             np.savez(f, **arrays)
-        atomic_write_json(path.with_suffix(".json"), {**meta, "sha256": _checksum(arrays, meta)})
+        try:
+            atomic_write_json(path.with_suffix(".json"), {**meta, "sha256": _checksum(arrays, meta)})
+        except BaseException:
+            path.unlink(missing_ok=True)   # an .npz without its sidecar is no cache
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "SplitData":
