@@ -7,28 +7,50 @@ where it was), best metric and the KL weight at the best epoch, per-epoch histor
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from multivae.errors import UserError
+from multivae.errors import UserError, one_line, short_repr
+from multivae.files import atomic_open
 
 FORMAT = "multivae-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHT_KEYS = ("model", "best_model")   # the state dicts a checkpoint's weights are read from
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically (temporary file + rename): a crash mid-write never destroys the previous checkpoint."""
+    """Write atomically (`multivae.files.atomic_open`: temporary file, sync, rename): a crash or a full disk
+    mid-write never destroys the previous checkpoint and leaves no temporary file. Weights that are not
+    finite are refused before anything is written: such a checkpoint could only spread a diverged model."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    bad = non_finite_weights(payload)
+    if bad:
+        raise UserError(f"{path}: refusing to write a checkpoint whose model weights are not finite ({bad}); the training diverged")
+    try:
+        with atomic_open(path) as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+    except (OSError, RuntimeError) as exc:
+        # torch reports a failed write (ENOSPC, EIO) as a RuntimeError whose context is the OSError
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else one_line(exc)[:200]
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}); the previous one, if any, is unchanged") from None
     return path
+
+
+def non_finite_weights(payload: dict[str, Any]) -> str | None:
+    """`model.<name>` or `best_model.<name>` of the first weight tensor holding nan or inf, else None."""
+    for part in WEIGHT_KEYS:
+        weights = payload.get(part)
+        if not isinstance(weights, dict):
+            continue
+        for name, t in weights.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{part}.{name}"
+    return None
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -37,6 +59,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise UserError(f"{path}: not a checkpoint file (a folder without {CHECKPOINT_NAME}?)")
     return path
 
 
@@ -53,5 +77,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a multivae checkpoint (no format tag {FORMAT!r})")
     if payload.get("version") != VERSION:
-        raise UserError(f"{path}: checkpoint version {payload.get('version')!r} is not supported (expected {VERSION})")
+        raise UserError(f"{path}: checkpoint version {short_repr(payload.get('version'))} is not supported (expected {VERSION})")
+    bad = non_finite_weights(payload)
+    if bad:
+        raise UserError(f"{path}: refused to load: the model weights are not finite ({bad})")
     return payload

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import reprlib
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 EXIT_USAGE = 2
+SHORT_REPR_CHARS = 100   # the most of a value an error message quotes
 
 
 class UserError(Exception):
@@ -23,6 +25,19 @@ class ArgParser(argparse.ArgumentParser):
 
 def one_line(message: object) -> str:
     return " ".join(str(message).split())
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, SHORT_REPR_CHARS, SHORT_REPR_CHARS
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 8
+
+
+def short_repr(value: Any, limit: int = SHORT_REPR_CHARS) -> str:
+    """`repr(value)` for an error message: at most about `limit` characters, and cheap to build even for a huge
+    or deeply shared structure (a YAML "billion laughs" value): nested levels, items and long strings are
+    elided by `reprlib` before the text is built, then the result is cut to `limit` characters."""
+    text = one_line(_repr.repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, prog: str = "") -> int:

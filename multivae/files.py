@@ -7,12 +7,13 @@ the temporary file is removed when the write fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from multivae.errors import UserError
 
@@ -37,21 +38,29 @@ def dumps_json(data: Any, indent: int | None = 2) -> str:
     return json.dumps(jsonable(data), indent=indent, allow_nan=False, default=str)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: a temporary file in the same folder, synced and renamed onto
+    `path` when the block ends, removed when the block (or the sync, or the rename) fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -86,4 +95,4 @@ def check_writable_dir(path: str | Path, label: str) -> None:
         raise UserError(f"{label} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable_dir", "dumps_json", "jsonable"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable_dir", "dumps_json", "jsonable"]

@@ -39,12 +39,9 @@ class ModelConfig:
     normalize_input: bool = True                 # L2-normalize each user row (the paper); False is an ablation
 
     def __post_init__(self) -> None:
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if self.hidden_dims is not None and any(h < 1 for h in self.hidden_dims):
-            raise ValueError(f"hidden_dims must be positive, got {list(self.hidden_dims)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        from multivae.config import check_domains
+
+        check_domains(self, {"latent_dim": ">= 1", "hidden_dims": ">= 1", "dropout": "in [0, 1)"})
 
     @property
     def hidden(self) -> tuple[int, ...]:

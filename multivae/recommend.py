@@ -123,9 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"-k must be >= 1, got {args.k}")
     model, item_ids, payload = load_model_for_inference(args.checkpoint)
     if args.items_file:
-        from multivae.data.readers import read_table  # the generic CSV/TSV/Parquet reader with clear errors
+        from multivae.data.readers import ids_like, read_table  # the generic CSV/TSV/Parquet reader with clear errors
 
         df = read_table(args.items_file, user_col="user", item_col="item", rating_col=None)
+        df["item"] = ids_like(df["item"], item_ids, args.items_file, "item")
         groups = df.groupby("user", sort=False)["item"].apply(list)
         rows, _ = rows_from_items(list(groups.values), item_ids, args.items_file)
         users = list(groups.index)

@@ -11,7 +11,6 @@ Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights) and `<o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from multivae.allocator import MALLOC_MODES
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
-from multivae.files import check_writable_dir
+from multivae.files import atomic_write_json, check_writable_dir
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
@@ -216,9 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "history": state.history,
         }
         report["val"] = state.best.get("val", {})
-    tmp = metrics_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(metrics_path)
+    try:
+        atomic_write_json(metrics_path, report)
+    except OSError as exc:
+        raise UserError(f"{metrics_path}: cannot write ({exc.strerror or exc})") from None
     val, test = report["val"], report["test"]
     print(f"{'':>6} {'NDCG@100':>9} {'Recall@20':>10} {'Recall@50':>10}")
     for name, r in (("val", val), ("test", test)):

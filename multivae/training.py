@@ -59,18 +59,11 @@ class TrainConfig:
                                         # numbers, 1.35x per step on CPU); default: leave the allocator alone
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay is None or self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.anneal_cap >= 0, f"anneal_cap must be >= 0, got {self.anneal_cap}"),
-            (self.anneal_steps is None or self.anneal_steps >= 0, f"anneal_steps must be >= 0, got {self.anneal_steps}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        from multivae.config import check_device_name, check_domains
+
+        check_domains(self, {"epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "weight_decay": ">= 0", "anneal_cap": ">= 0",
+                             "anneal_steps": ">= 0", "eval_batch_size": ">= 1", "seed": "in [0, 2**32)", "threads": ">= 1"})
+        check_device_name(self.device)
         if self.adam not in ADAM_KERNELS:
             raise ValueError(f"adam must be one of {list(ADAM_KERNELS)}, got {self.adam!r}")
         if self.malloc not in MALLOC_MODES:

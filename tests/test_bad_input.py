@@ -17,9 +17,11 @@ found bad), so no test touches ~/.cache.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -45,6 +49,8 @@ class Case:
     needles: tuple        # each must be in the stderr line
     outputs: tuple = ()   # paths (templates) the command would write to: must not exist afterwards
     in_process: bool = False   # run through run_cli in the test process (the same checks, no process start-up)
+    env: tuple = ()       # (name, value template) pairs set for the command
+    without_cuda: bool = False   # the error is "CUDA is not available": skipped where it is
 
 
 def space_yaml(**changes) -> str:
@@ -79,6 +85,19 @@ SPACES = {
     "num_samples_zero.yaml": space_yaml(**{"search.num_samples": 0}),
     "too_many_gpus.yaml": space_yaml(**{"resources.gpus_per_trial": 64}),
     "missing_data_file.yaml": space_yaml(dataset={"name": "file", "path": "no_such_ratings.csv", "rating_col": None}),
+    "weight_decay_inf.yaml": space_yaml(**{"fixed.weight_decay": float("inf")}),
+    "lr_high_inf.yaml": space_yaml(**{"params.lr": {"type": "uniform", "low": 1.0e-3, "high": float("inf")}}),
+    "seed_negative.yaml": space_yaml(**{"fixed.seed": -1}),
+    "protocol_seed_too_big.yaml": space_yaml(**{"dataset.protocol": {"heldout_users": 150, "seed": 2**32}}),
+    "epochs_nan.yaml": space_yaml(**{"fixed.epochs": float("nan")}),
+    "long_value.yaml": space_yaml(**{"fixed.likelihood": "x" * 20_000}),
+    "deep.yaml": SMOKE.read_text() + "\nextra: " + "[" * 5000 + "]" * 5000 + "\n",
+    "too_big.yaml": "description: " + "x" * (2 << 20) + "\n",
+    "recursive_alias.yaml": SMOKE.read_text().replace("description: >", "x: &a [*a]\ndescription: >", 1),
+    # nine levels of ten aliases each: 10**9 strings once expanded, a few hundred bytes of YAML
+    "billion_laughs.yaml": SMOKE.read_text().replace("description: >", "laughs:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+                                                   + "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+                                                   + "description: >", 1),
 }
 
 
@@ -97,8 +116,14 @@ def train_case(id_: str, argv: tuple, *needles: str, in_process: bool = False) -
     return Case(id_, "multivae.train", (*TRAIN_DEFAULTS, *argv), needles, ("{t}/run",), in_process)
 
 
-def rec_case(id_: str, argv: tuple, *needles: str) -> Case:
-    return Case(id_, "multivae.recommend", argv, needles)
+def rec_case(id_: str, argv: tuple, *needles: str, in_process: bool = False) -> Case:
+    return Case(id_, "multivae.recommend", argv, needles, in_process=in_process)
+
+
+def flag_case(id_: str, argv: tuple, *needles: str, in_process: bool = True, without_cuda: bool = False) -> Case:
+    """A bad training flag: refused before the data is read (the good file is named so that nothing else fails)."""
+    return Case(id_, "multivae.train", (*TRAIN_DEFAULTS, "--data", "{d}/good.csv", *argv), needles, ("{t}/run",), in_process,
+                without_cuda=without_cuda)
 
 
 CASES = [
@@ -155,6 +180,94 @@ CASES = [
              "other_split.npz: this processed split has 200 items", "other_split.pt"),
     rec_case("ckpt-new-users-of-other-items", ("--checkpoint", "{d}/run", "--items-file", "{d}/other_items.csv"),
              "other_items.csv: none of its 6 item ids", "10001"),
+
+    # --- numeric domains: every flag checked where the config is built (one rule, one message) ---
+    flag_case("cli-lr-inf", ("--lr", "inf"), "command line: lr must be finite, got inf", in_process=False),
+    flag_case("cli-lr-nan", ("--lr", "nan"), "lr must be finite, got nan"),
+    flag_case("cli-lr-zero", ("--lr", "0"), "lr must be > 0, got 0.0"),
+    flag_case("cli-seed-negative", ("--seed", "-1"), "seed must be in [0, 2**32), got -1"),
+    flag_case("cli-seed-too-big", ("--seed", str(2**32)), "seed must be in [0, 2**32), got 4294967296"),
+    flag_case("cli-seed-over-64-bits", ("--seed", "9" * 30), "seed must fit in 64 bits"),
+    flag_case("cli-threads-negative", ("--threads", "-2"), "threads must be >= 1, got -2", in_process=False),
+    flag_case("cli-anneal-cap-inf", ("--anneal-cap", "inf"), "anneal_cap must be finite, got inf"),
+    flag_case("cli-anneal-cap-negative", ("--anneal-cap", "-0.1"), "anneal_cap must be >= 0, got -0.1"),
+    flag_case("cli-anneal-steps-negative", ("--anneal-steps", "-5"), "anneal_steps must be >= 0, got -5"),
+    flag_case("cli-weight-decay-negative", ("--weight-decay=-1e-3",), "weight_decay must be >= 0, got -0.001"),
+    flag_case("cli-dropout-nan", ("--dropout", "nan"), "dropout must be finite, got nan"),
+    flag_case("cli-latent-dim-zero", ("--latent-dim", "0"), "latent_dim must be >= 1, got 0"),
+    flag_case("cli-hidden-dim-zero", ("--hidden-dims", "8", "0"), "hidden_dims[1] must be >= 1, got 0"),
+    flag_case("cli-min-rating-nan", ("--min-rating", "nan"), "min_rating must be finite, got nan"),
+    flag_case("cli-heldout-users-inf", ("--heldout-users", "inf"), "heldout_users must be finite, got inf"),
+    flag_case("cli-device-unknown-type", ("--device", "tpu"), "device must be auto, cpu, cuda or cuda:N, got 'tpu'",
+              in_process=False),
+    flag_case("cli-device-bad-index", ("--device", "cuda:x"), "device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+    flag_case("cli-device-cuda-absent", ("--device", "cuda:0"), "device 'cuda:0' requested but CUDA is not available",
+              without_cuda=True),
+
+    # --- YAML search spaces: the same domains, and bounds on the document itself ---
+    Case("space-weight_decay_inf", "tuning.run", ("--space", "{d}/weight_decay_inf.yaml", *TUNE),
+         ("weight_decay_inf.yaml", "fixed.weight_decay must be finite, got inf"), ("{t}/ray_results",), in_process=True),
+    Case("space-lr_high_inf", "tuning.run", ("--space", "{d}/lr_high_inf.yaml", *TUNE),
+         ("lr_high_inf.yaml", "params.lr", "inf"), ("{t}/ray_results",), in_process=True),
+    Case("space-seed_negative", "tuning.run", ("--space", "{d}/seed_negative.yaml", *TUNE),
+         ("seed_negative.yaml", "fixed: seed must be in [0, 2**32), got -1"), ("{t}/ray_results",), in_process=True),
+    Case("space-protocol_seed_too_big", "tuning.run", ("--space", "{d}/protocol_seed_too_big.yaml", *TUNE),
+         ("protocol_seed_too_big.yaml", "dataset.protocol: seed must be in [0, 2**32), got 4294967296"), ("{t}/ray_results",),
+         in_process=True),
+    Case("space-epochs_nan", "tuning.run", ("--space", "{d}/epochs_nan.yaml", *TUNE),
+         ("epochs_nan.yaml", "fixed.epochs", "nan"), ("{t}/ray_results",), in_process=True),
+    Case("space-long_value", "tuning.run", ("--space", "{d}/long_value.yaml", *TUNE),
+         ("long_value.yaml", "fixed.likelihood must be one of", "xxx..."), ("{t}/ray_results",), in_process=True),
+    Case("space-deep", "tuning.run", ("--space", "{d}/deep.yaml", *TUNE), ("deep.yaml", "nested deeper than 64 levels"),
+         ("{t}/ray_results",), in_process=True),
+    Case("space-too_big", "tuning.run", ("--space", "{d}/too_big.yaml", *TUNE), ("too_big.yaml", "larger than a YAML file"),
+         ("{t}/ray_results",), in_process=True),
+    Case("space-recursive_alias", "tuning.run", ("--space", "{d}/recursive_alias.yaml", *TUNE),
+         ("recursive_alias.yaml", "recursive alias"), ("{t}/ray_results",), in_process=True),
+    Case("space-billion_laughs", "tuning.run", ("--space", "{d}/billion_laughs.yaml", *TUNE),
+         ("billion_laughs.yaml", "more than 100,000 values once its aliases are expanded"), ("{t}/ray_results",)),
+
+    # --- malformed data files: the file and the line (or row) named ---
+    train_case("data-ragged-line", ("--data", "{d}/ragged.csv"), "ragged.csv: line 6 has 4 fields, expected 3 (as in the header)"),
+    train_case("data-inf-rating", ("--data", "{d}/inf_rating.csv"), "inf_rating.csv: column 'rating' has a non-finite value inf on line 4",
+               in_process=True),
+    train_case("data-inf-item-id", ("--data", "{d}/inf_item.csv"), "inf_item.csv: column 'item' has a non-finite id inf on line 3",
+               in_process=True),
+    train_case("data-corrupt-gz", ("--data", "{d}/corrupt.csv.gz"), "corrupt.csv.gz: not a readable .gz file, corrupt or truncated",
+               in_process=True),
+    train_case("data-truncated-gz", ("--data", "{d}/truncated.csv.gz"), "truncated.csv.gz: not a readable .gz file, corrupt or truncated"),
+    train_case("data-corrupt-bz2", ("--data", "{d}/corrupt.csv.bz2"), "corrupt.csv.bz2: not a readable .bz2 file", in_process=True),
+    train_case("data-corrupt-zip", ("--data", "{d}/corrupt.csv.zip"), "corrupt.csv.zip: not a readable .zip file", in_process=True),
+    train_case("data-parquet-list-column", ("--data", "{d}/list_items.parquet"),
+               "list_items.parquet: column 'item' has Parquet type 'list<element: int64>'", in_process=True),
+    train_case("data-parquet-struct-column", ("--data", "{d}/struct_users.parquet"),
+               "struct_users.parquet: column 'user' has Parquet type 'struct<", in_process=True),
+    train_case("data-path-is-a-folder", ("--data", "{d}/folder.csv"), "folder.csv: is a folder, not a file of interactions",
+               in_process=True),
+    Case("data-dir-missing", "multivae.train", (*TRAIN_DEFAULTS, "--dataset", "ml-100k", "--data-dir", "{t}/no_such_dir"),
+         ("--data-dir", "no_such_dir: no such folder"), ("{t}/run", "{t}/no_such_dir"), in_process=True),
+    Case("data-dir-is-a-file", "multivae.train", (*TRAIN_DEFAULTS, "--dataset", "ml-100k", "--data-dir", "{d}/good.csv"),
+         ("good.csv: is a file, not a folder",), ("{t}/run",), in_process=True),
+    Case("env-data-dir-missing", "multivae.train", (*TRAIN_DEFAULTS, "--dataset", "ml-100k"),
+         ("$MULTIVAE_DATA_DIR", "no_such_dir: no such folder"), ("{t}/run", "{t}/no_such_dir"),
+         env=(("MULTIVAE_DATA_DIR", "{t}/no_such_dir"),)),
+    Case("env-data-dir-is-a-file", "multivae.train", (*TRAIN_DEFAULTS, "--dataset", "ml-100k"),
+         ("$MULTIVAE_DATA_DIR", "good.csv: is a file, not a folder"), ("{t}/run",), in_process=True,
+         env=(("MULTIVAE_DATA_DIR", "{d}/good.csv"),)),
+    train_case("cache-dir-is-a-file", ("--data", "{d}/good.csv", "--cache-dir", "{d}/good.csv"), "cache folder",
+               "good.csv: is a file, not a folder", in_process=True),
+
+    # --- checkpoints, processed splits and new-users files given to recommend ---
+    rec_case("ckpt-non-finite-weights", ("--checkpoint", "{d}/nan_weights.pt", "--user", "1"),
+             "nan_weights.pt: refused to load: the model weights are not finite (model.enc_w.0)"),
+    rec_case("ckpt-split-cache-damaged", ("--checkpoint", "{d}/damaged_split.pt", "--user", "1"),
+             "damaged_split.npz: not a readable processed split", "checksum", in_process=True),
+    rec_case("ckpt-split-cache-truncated", ("--checkpoint", "{d}/truncated_split.pt", "--user", "1"),
+             "truncated_split.npz: not a readable processed split", in_process=True),
+    rec_case("items-file-ids-of-another-type", ("--checkpoint", "{d}/run", "--items-file", "{d}/string_items.csv"),
+             "string_items.csv: item id 'sku-1' on line 2 is not one of the model's ids, which are integers", in_process=True),
+    rec_case("items-file-ragged", ("--checkpoint", "{d}/run", "--items-file", "{d}/ragged_items.csv"),
+             "ragged_items.csv: line 3 has 3 fields, expected 2", in_process=True),
 ]
 assert len({c.id for c in CASES}) == len(CASES)
 
@@ -182,9 +295,9 @@ def env() -> dict:
     return e
 
 
-def run_module(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+def run_module(module: str, argv: list[str], extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
 
 
 def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict:
@@ -217,6 +330,25 @@ def make_inputs(d: Path) -> SimpleNamespace:
     pd.DataFrame({"user": [1, 1, 1, 2, 2, 2], "item": [10001, 10002, 10003, 10004, 10005, 10006]}).to_csv(d / "other_items.csv", index=False)
     for name, text in SPACES.items():
         (d / name).write_text(text)
+    lines = good.to_csv(index=False).splitlines(keepends=True)
+    (d / "ragged.csv").write_text("".join(lines[:5] + [lines[5].rstrip("\n") + ",1\n"] + lines[6:]))   # line 6: 4 fields
+    inf = good.astype({"rating": float})
+    inf.loc[2, "rating"] = float("inf")
+    inf.to_csv(d / "inf_rating.csv", index=False)
+    inf_item = good.astype({"item": float})
+    inf_item.loc[1, "item"] = float("inf")
+    inf_item.to_csv(d / "inf_item.csv", index=False)
+    gz = gzip.compress(good.to_csv(index=False).encode())
+    (d / "truncated.csv.gz").write_bytes(gz[: len(gz) // 2])
+    for suffix in ("gz", "bz2", "zip"):
+        (d / f"corrupt.csv.{suffix}").write_bytes(b"these bytes are not compressed\n" * 10)
+    pa_table = pa.table({"user": good["user"], "item": pa.array([[i] for i in good["item"]]), "rating": good["rating"]})
+    pq.write_table(pa_table, d / "list_items.parquet")
+    pa_table = pa.table({"user": pa.array([{"id": u} for u in good["user"]]), "item": good["item"], "rating": good["rating"]})
+    pq.write_table(pa_table, d / "struct_users.parquet")
+    (d / "folder.csv").mkdir()
+    (d / "string_items.csv").write_text("user,item\nu1,sku-1\nu1,sku-2\n")
+    (d / "ragged_items.csv").write_text("user,item\nu1,1\nu1,2,3\n")
 
     # the duplicated-rows case is the run the checkpoint cases start from
     dup = run_module("multivae.train", ["--data", str(d / "with_duplicates.csv"), "--out", str(d / "run"), "--cache-dir",
@@ -233,6 +365,20 @@ def make_inputs(d: Path) -> SimpleNamespace:
     torch.save({**payload, "n_items": n_items + 5}, d / "more_items.pt")
     small_split().save(d / "other_split.npz")   # another dataset's processed split: 200 items
     torch.save({**payload, "extra": {**payload["extra"], "split_path": str(d / "other_split.npz")}}, d / "other_split.pt")
+    nan_model = {k: v.clone() for k, v in payload["model"].items()}
+    nan_model["enc_w.0"][0, 0] = float("nan")
+    torch.save({**payload, "model": nan_model}, d / "nan_weights.pt")
+    split_npz = Path(payload["extra"]["split_path"])
+    for name, damage in (("damaged_split", "index"), ("truncated_split", "truncate")):
+        shutil.copy(split_npz.with_suffix(".json"), d / f"{name}.json")
+        if damage == "truncate":
+            (d / f"{name}.npz").write_bytes(split_npz.read_bytes()[: split_npz.stat().st_size // 2])
+        else:   # a well-formed .npz whose first training row now points at another item
+            with np.load(split_npz) as z:
+                arrays = dict(z)
+            arrays["train__indices"][0] = (arrays["train__indices"][0] + 1) % int(arrays["train__shape"][1])
+            np.savez(d / f"{name}.npz", **arrays)
+        torch.save({**payload, "extra": {**payload["extra"], "split_path": str(d / f"{name}.npz")}}, d / f"{name}.pt")
     return SimpleNamespace(dup=dup, ckpt=ckpt, n_items=n_items)
 
 
@@ -253,7 +399,7 @@ def outcomes(request, tmp_path_factory):
         t = tmp_path_factory.mktemp(case.id)
         (t / "keep.txt").write_text("a file the command must leave alone\n")
         t_before = snapshot(t)
-        proc = run_module(case.module, [fill(a, d, t) for a in case.argv])
+        proc = run_module(case.module, [fill(a, d, t) for a in case.argv], {k: fill(v, d, t) for k, v in case.env})
         return SimpleNamespace(proc=proc, t_before=t_before, t_after=snapshot(t, skip=(t / "cache",)),
                                leftovers=[fill(o, d, t) for o in case.outputs if Path(fill(o, d, t)).exists()], d=d, t=t)
 
@@ -285,8 +431,17 @@ def run_in_process(case: Case, d: Path, t: Path, capsys) -> SimpleNamespace:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(outcomes, case, tmp_path, capsys, monkeypatch):
     assert outcomes.inputs.dup.returncode == 0, outcomes.inputs.dup.stderr
+    if case.without_cuda:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
     if case.in_process:
         monkeypatch.chdir(REPO)
+        for name in [k for k in os.environ if k.startswith("MULTIVAE_")]:
+            monkeypatch.delenv(name)
+        for name, value in case.env:
+            monkeypatch.setenv(name, fill(value, outcomes.d, tmp_path))
         got = run_in_process(case, outcomes.d, tmp_path, capsys)
     else:
         got = outcomes.cases[case.id]
@@ -295,6 +450,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(outcomes, case, tmp_pat
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert len(lines) == 1 and lines[0].strip(), proc.stderr
     assert "Traceback" not in proc.stderr and "error: " in lines[0]
+    assert len(lines[0]) <= 1000, len(lines[0])   # a value is quoted short (errors.short_repr), whatever its size
     for needle in case.needles:
         assert needle in lines[0], (needle, lines[0])
     assert proc.stdout == "", proc.stdout

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ from multivae.data import download as dl
 from multivae.data.readers import MOVIELENS_FILES, read_movielens, read_table
 from multivae.data.split import ProtocolConfig, SplitData, split_interactions
 from multivae.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
-from multivae.errors import UserError
+from multivae.errors import UserError, one_line
+from multivae.files import atomic_write_json
 
 # Bump when the split, the readers or the cache layout change what a cached file holds.
-PROCESSED_FORMAT_VERSION = 1
+# 2: the .json sidecar holds a SHA-256 over the arrays and the metadata, checked on load.
+PROCESSED_FORMAT_VERSION = 2
 
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "file")
 
@@ -84,6 +85,8 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None, verbos
     `base_url`: a mirror of the GroupLens archives (default `$MULTIVAE_BASE_URL`, else GroupLens).
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else dl.default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise UserError(f"cache folder {cache}: is a file, not a folder")
     protocol = resolve_protocol(cfg)
     source = _locate_source(cfg, cache, base_url, verbose)
     key_material: dict[str, Any] = {
@@ -128,18 +131,20 @@ def _locate_source(cfg: DatasetConfig, cache: Path, base_url: str | None, verbos
         return None
     if cfg.name == "file":
         path = Path(cfg.path).expanduser()
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder, not a file of interactions")
         if not path.is_file():
             raise UserError(f"{path}: file not found")
         return path.resolve()
     ratings = MOVIELENS_FILES[cfg.name]
     if cfg.data_dir is not None:
-        folder = dl.find_local(cfg.name, cfg.data_dir)
+        folder = dl.find_local(cfg.name, dl.existing_dir(cfg.data_dir, "data folder (data_dir, --data-dir)"))
         if folder is None:
             below = " or ".join(f"{d}/" for d in dict.fromkeys((cfg.name, dl.ARCHIVES[cfg.name].folder)))
             raise UserError(f"{cfg.data_dir}: no {cfg.name} copy there (looked for {ratings} in it and in {below} below it)")
         return (folder / ratings).resolve()
-    env = os.environ.get(dl.DATA_DIR_ENV)
-    for place in ([Path(env).expanduser()] if env else []) + [cache]:
+    env = dl.env_data_dir()
+    for place in ([env] if env else []) + [cache]:
         folder = dl.find_local(cfg.name, place)
         if folder is not None:
             return (folder / ratings).resolve()
@@ -170,10 +175,7 @@ def _source_sha256(path: Path, cache: Path) -> str:
     index = index if isinstance(index, dict) else {}
     index[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_name(f"{index_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(index_path)
+        atomic_write_json(index_path, index)
     except OSError:
         pass  # a read-only cache only costs re-hashing next time
     return digest
@@ -197,7 +199,7 @@ def _load_cached(path: Path) -> SplitData | None:
         return SplitData.load(path)
     except UserError as exc:
         # A damaged cache is never fatal: say so, and build the split again (which overwrites it).
-        print(f"warning: ignoring the damaged processed cache, rebuilding it: {exc}", file=sys.stderr)
+        print(f"warning: ignoring the damaged processed cache, rebuilding it: {one_line(exc)}", file=sys.stderr)
         return None
 
 

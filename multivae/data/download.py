@@ -55,8 +55,25 @@ ARCHIVES: dict[str, Archive] = {
 
 
 def default_cache_dir() -> Path:
+    """$MULTIVAE_DATA_DIR (which must be a folder that exists), else ~/.cache/multivae."""
+    return env_data_dir() or Path.home() / ".cache" / "multivae"
+
+
+def env_data_dir() -> Path | None:
+    """$MULTIVAE_DATA_DIR when it is set; a missing folder or a file there is a one-line error (a typo must not
+    send us downloading into a new folder)."""
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "multivae"
+    return existing_dir(env, f"${DATA_DIR_ENV}") if env else None
+
+
+def existing_dir(path: str | Path, label: str) -> Path:
+    """`path` as a folder that exists, else a one-line UserError naming `label`; nothing is created."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"{label} {folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{label} {folder}: is a file, not a folder")
+    return folder
 
 
 def archive_url(name: str, base_url: str | None = None) -> str:

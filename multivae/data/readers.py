@@ -8,13 +8,17 @@ Bad input raises `UserError` with one line naming the file, the column and the o
 from __future__ import annotations
 
 import io
+import lzma
+import re
+import zipfile
+import zlib
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from multivae.errors import UserError
+from multivae.errors import UserError, short_repr
 
 # Ratings file inside each extracted MovieLens folder, and its layout.
 MOVIELENS_FILES: dict[str, str] = {
@@ -31,6 +35,9 @@ _ML_DTYPES = {"user": np.int64, "item": np.int64, "rating": np.float64}
 _SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+# What a damaged compressed file raises from inside pandas (gzip.BadGzipFile is an OSError).
+_DECOMPRESSION_ERRORS = (EOFError, OSError, zipfile.BadZipFile, lzma.LZMAError, zlib.error)
+_RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
 def read_movielens(name: str, folder: str | Path) -> pd.DataFrame:
@@ -76,13 +83,38 @@ def read_table(
     return df.reset_index(drop=True)
 
 
+def ids_like(values: pd.Series, catalogue: np.ndarray, path: str | Path, column: str, first_line: int = 2) -> pd.Series:
+    """Ids read from `path` in the type of the `catalogue`'s ids, so that they can be looked up in it: integers
+    for an integer catalogue (a value that is not an integer is a one-line error naming its line), strings
+    for a string catalogue. `first_line`: the line of the first value (2: after a header)."""
+    kind = np.asarray(catalogue).dtype.kind
+    if kind in "OUS":
+        return values.astype(str)
+    if kind not in "iuf":
+        raise ValueError(f"unsupported catalogue id type {np.asarray(catalogue).dtype}")
+    numeric = values if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) \
+        else pd.to_numeric(values, errors="coerce")
+    as_float = numeric.astype(np.float64).to_numpy()
+    bad = ~np.isfinite(as_float) if kind == "f" else ~(np.isfinite(as_float) & (as_float == np.round(as_float)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = values.iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value
+        what = "numbers" if kind == "f" else "integers"
+        raise UserError(f"{path}: {column} id {short_repr(value)} on line {i + first_line} is not one of the model's ids, "
+                        f"which are {what}: a file for another catalogue?")
+    return numeric.astype(np.float64 if kind == "f" else np.int64)
+
+
 # --- helpers ----------------------------------------------------------------------------------------
 
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a file of interactions")
     if not path.is_file():
-        raise UserError(f"{path}: not a file")
+        raise UserError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty")
 
@@ -116,15 +148,17 @@ def _read_headerless(path: Path, data: bytes, sep: str) -> pd.DataFrame:
     if not data.strip():
         raise UserError(f"{path}: file is empty")
     try:
-        return pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=_ML_COLUMNS, usecols=[0, 1, 2],
-                           dtype=_ML_DTYPES, engine="c")
+        # All four fields, not usecols: with usecols pandas silently drops the extra fields of a ragged line.
+        df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=_ML_COLUMNS, dtype=_ML_DTYPES, engine="c")
+        if np.isfinite(df["rating"].to_numpy()).all():
+            return df[["user", "item", "rating"]]
     except (ValueError, pd.errors.ParserError):
         pass
     try:
         raw = pd.read_csv(io.BytesIO(data), sep=sep, header=None, dtype=str, keep_default_na=False, engine="c")
     except pd.errors.ParserError as exc:
-        raise UserError(f"{path}: malformed line ({_one_line(exc)})") from None
-    if raw.shape[1] < 3:
+        raise _parser_error(path, exc, "as on line 1: user, item, rating, timestamp") from None
+    if raw.shape[1] != 4:
         raise UserError(f"{path}: expected user, item, rating and timestamp fields, found {raw.shape[1]} on line 1")
     raw = raw.iloc[:, :3]
     raw.columns = ["user", "item", "rating"]
@@ -134,7 +168,7 @@ def _read_headerless(path: Path, data: bytes, sep: str) -> pd.DataFrame:
         bad = (as_num.isna() | (as_num != as_num.round())).to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise UserError(f"{path}: {col} id (field {field}) has a non-integer value {raw[col].iloc[i]!r} on line {i + 1}")
+            raise UserError(f"{path}: {col} id (field {field}) has a non-integer value {short_repr(raw[col].iloc[i])} on line {i + 1}")
         ids[col] = as_num.astype(np.int64)
     df = pd.DataFrame(ids)
     df["rating"] = _numeric_ratings(path, raw["rating"], "rating (field 3)", ("line", 1))
@@ -143,28 +177,59 @@ def _read_headerless(path: Path, data: bytes, sep: str) -> pd.DataFrame:
 
 def _read_text(path: Path, wanted: list[str], sep: str) -> pd.DataFrame:
     engine = "c" if len(sep) == 1 else "python"   # pandas needs the python engine for multi-character separators
+    header = _read_csv(path, sep, engine, nrows=0)
+    found = [str(c) for c in header.columns]
+    _check_columns(path, wanted, found, sep)
+    # Ids as pandas infers them (integers stay integers, anything else is a string); ratings checked after.
+    # Every column, not usecols: with usecols pandas silently drops the extra fields of a ragged line.
+    df = _read_csv(path, sep, engine)
+    return df[wanted]
+
+
+def _read_csv(path: Path, sep: str, engine: str, **kwargs) -> pd.DataFrame:
+    """pd.read_csv with every way it fails on bad bytes turned into one line naming the file (and the line)."""
     try:
-        header = pd.read_csv(path, sep=sep, nrows=0, engine=engine)
+        return pd.read_csv(path, sep=sep, engine=engine, **kwargs)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+    except pd.errors.ParserError as exc:
+        raise _parser_error(path, exc, "as in the header") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file in UTF-8 ({_one_line(exc)})") from None
+    except _DECOMPRESSION_ERRORS as exc:
+        suffix = path.suffix.lower()
+        if suffix in _COMPRESSION_SUFFIXES:
+            raise UserError(f"{path}: not a readable {suffix} file, corrupt or truncated ({_one_line(exc) or exc.__class__.__name__})") from None
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or _one_line(exc)})") from None
+    except ValueError as exc:   # e.g. a .zip holding several files
         raise UserError(f"{path}: cannot read as a {sep!r}-separated table ({_one_line(exc)})") from None
-    _check_columns(path, wanted, [str(c) for c in header.columns], sep)
-    # Ids as pandas infers them (integers stay integers, anything else is a string); ratings checked after.
-    try:
-        return pd.read_csv(path, sep=sep, usecols=wanted, engine=engine)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
-        raise UserError(f"{path}: cannot read as a {sep!r}-separated table ({_one_line(exc)})") from None
+
+
+def _parser_error(path: Path, exc: Exception, why: str) -> UserError:
+    m = _RAGGED.search(str(exc))
+    if m:
+        expected, line, saw = m.groups()
+        return UserError(f"{path}: line {line} has {saw} fields, expected {expected} ({why})")
+    return UserError(f"{path}: malformed line ({_one_line(exc)})")
 
 
 def _read_parquet(path: Path, wanted: list[str]) -> pd.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        schema = pq.ParquetFile(path).schema_arrow
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged or non-parquet file
         raise UserError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
-    _check_columns(path, wanted, names, None)
+    _check_columns(path, wanted, schema.names, None)
+    for col, role in zip(wanted, ("user", "item", "rating")):
+        tp = schema.field(col).type
+        tp = tp.value_type if pa.types.is_dictionary(tp) else tp
+        if not any(f(tp) for f in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_string,
+                                   pa.types.is_large_string)):
+            # lists, structs, maps, bytes, dates: not one id or one rating per row
+            what = {"user": "a user id", "item": "an item id", "rating": "a rating"}[role]
+            raise UserError(f"{path}: column {col!r} has Parquet type {short_repr(str(tp))}; {what} must be a number or a string")
     try:
         return pd.read_parquet(path, columns=wanted)
     except Exception as exc:
@@ -187,6 +252,11 @@ def _check_ids(path: Path, df: pd.DataFrame, names: dict[str, str], pos: tuple[s
         if missing.any():
             i = int(np.flatnonzero(missing)[0])
             raise UserError(f"{path}: column {original!r} has an empty value on {pos[0]} {i + pos[1]}")
+        if pd.api.types.is_float_dtype(df[col]):
+            bad = ~np.isfinite(df[col].to_numpy())
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise UserError(f"{path}: column {original!r} has a non-finite id {df[col].iloc[i].item()!r} on {pos[0]} {i + pos[1]}")
 
 
 def _numeric_ratings(path: Path, values: pd.Series, column: str, pos: tuple[str, int]) -> pd.Series:
@@ -195,11 +265,17 @@ def _numeric_ratings(path: Path, values: pd.Series, column: str, pos: tuple[str,
         numeric = values.astype(np.float64)
     else:
         numeric = pd.to_numeric(values, errors="coerce").astype(np.float64)
-    bad = numeric.isna().to_numpy()
+    bad = ~np.isfinite(numeric.to_numpy())
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         value = values.iloc[i]
-        shown = "an empty value" if pd.isna(value) or str(value).strip() == "" else f"a non-numeric value {value!r}"
+        value = value.item() if isinstance(value, np.generic) else value
+        if pd.isna(value) or str(value).strip() == "":
+            shown = "an empty value"
+        elif pd.isna(numeric.iloc[i]) and not str(value).strip().lower() in ("nan", "-nan", "+nan"):
+            shown = f"a non-numeric value {short_repr(value)}"
+        else:
+            shown = f"a non-finite value {short_repr(value)}"
         raise UserError(f"{path}: column {column!r} has {shown} on {pos[0]} {i + pos[1]}")
     return numeric
 

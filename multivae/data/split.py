@@ -20,6 +20,7 @@ Duplicated (user, item) rows collapse to a single 1 (the reference would sum the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import zipfile
 
@@ -30,7 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from multivae.errors import UserError
+from multivae.config import check_domains
+from multivae.errors import UserError, one_line
+from multivae.files import atomic_open, atomic_write_json, dumps_json
 
 
 PAPER_HELDOUT_USERS = 10_000  # ML-20M in the paper
@@ -49,17 +52,13 @@ class ProtocolConfig:
     seed: int = 98765                   # the reference seed for the user permutation and the target draw
 
     def __post_init__(self) -> None:
-        if self.min_user_count < 0 or self.min_item_count < 0:
-            raise ValueError(f"min_user_count and min_item_count must be >= 0, got {self.min_user_count}, {self.min_item_count}")
-        h = self.heldout_users
-        if isinstance(h, float) and not (0.0 < h < 0.5):
-            raise ValueError(f"heldout_users as a fraction must be in (0, 0.5), got {h}")
-        if isinstance(h, int) and h < 1:
-            raise ValueError(f"heldout_users must be >= 1, got {h}")
-        if not (0.0 < self.target_fraction < 1.0):
-            raise ValueError(f"target_fraction must be in (0, 1), got {self.target_fraction}")
-        if self.min_items_for_target < 1:
-            raise ValueError(f"min_items_for_target must be >= 1, got {self.min_items_for_target}")
+        check_domains(self, {"min_rating": "finite", "min_user_count": ">= 0", "min_item_count": ">= 0",
+                             "target_fraction": "in (0, 1)", "min_items_for_target": ">= 1", "seed": "in [0, 2**32)"})
+        h = self.heldout_users   # a count, or a fraction of the users
+        if isinstance(h, float):
+            check_domains(self, {"heldout_users": "in (0, 0.5)"})
+        elif h is not None:
+            check_domains(self, {"heldout_users": ">= 1"})
 
     def n_heldout(self, n_users: int) -> int:
         h = PAPER_HELDOUT_USERS if self.heldout_users is None else self.heldout_users
@@ -116,15 +115,14 @@ class SplitData:
             f"{s['test_fold_in_interactions']:,} fold-in / {s['test_target_interactions']:,} target)"
         )
 
-    # --- persistence: one .npz for the arrays, one .json for the metadata ---------------------------
+    # --- persistence: one .npz for the arrays, one .json for the metadata and a checksum of both ----------
     _MATRICES = ("train", "val_fold_in", "val_target", "test_fold_in", "test_target")
     _IDS = ("item_ids", "train_user_ids", "val_user_ids", "test_user_ids")
+    _USERS_OF = {"train": "train_user_ids", "val_fold_in": "val_user_ids", "val_target": "val_user_ids",
+                 "test_fold_in": "test_user_ids", "test_target": "test_user_ids"}
 
-    def save(self, path: str | Path) -> None:
-        """Write `path` (.npz) and `path` with .json; written to temporary names and renamed, so a
-        reader never sees half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What the .npz holds: each CSR matrix as indptr, indices and shape (the values are all 1), and the ids."""
         arrays: dict[str, np.ndarray] = {}
         for name in self._MATRICES:
             m: sp.csr_matrix = getattr(self, name)
@@ -135,28 +133,82 @@ class SplitData:
             ids = np.asarray(getattr(self, name))
             # String ids come out of pandas as object arrays, which np.savez would pickle and `load` refuses.
             arrays[name] = ids.astype(str) if ids.dtype == object else ids
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-        meta_tmp = path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({"info": self.info, "stats": self.stats()}, indent=2, default=str))
-        meta_tmp.replace(path.with_suffix(".json"))
+        return arrays
+
+    def save(self, path: str | Path) -> None:
+        """Write `path` (.npz) and `path` with .json (metadata and a SHA-256 over both), each to a temporary
+        name and renamed: a reader never sees half a file, and a crash between the two renames leaves a pair
+        whose checksum disagrees, which `load` refuses."""
+        path = Path(path)
+        arrays = self.arrays()
+        meta = json.loads(dumps_json({"info": self.info, "stats": self.stats()}))   # as it will read back
+        with atomic_open(path) as f:
+            np.savez(f, **arrays)
+        try:
+            atomic_write_json(path.with_suffix(".json"), {**meta, "sha256": _checksum(arrays, meta)})
+        except BaseException:
+            path.unlink(missing_ok=True)   # an .npz without its sidecar is no cache
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "SplitData":
+        """Read a split written by `save`, verified: the checksum, then shapes, index ranges and id counts
+        against each other and against the metadata. Any damage is one UserError naming the file."""
         path = Path(path)
+
+        def damaged(reason: str) -> UserError:
+            return UserError(f"{path}: not a readable processed split ({reason})")
+
         try:
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             with np.load(path, allow_pickle=False) as z:
-                mats = {}
-                for name in cls._MATRICES:
-                    indptr, indices = z[f"{name}__indptr"], z[f"{name}__indices"]
-                    shape = tuple(int(x) for x in z[f"{name}__shape"])
-                    mats[name] = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
-                ids = {name: z[name] for name in cls._IDS}
-            info = json.loads(path.with_suffix(".json").read_text())["info"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated or garbage files
-            raise UserError(f"{path}: not a readable processed split ({exc.__class__.__name__}: {exc})") from None
-        return cls(**mats, **ids, info=info)
+                names = [f"{m}__{part}" for m in cls._MATRICES for part in ("indptr", "indices", "shape")] + list(cls._IDS)
+                arrays = {name: z[name] for name in names}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # missing, truncated or garbage files
+            raise damaged(f"{exc.__class__.__name__}: {one_line(exc)[:200]}") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict) or not isinstance(meta.get("sha256"), str):
+            raise damaged(f"{path.with_suffix('.json').name} has no info and sha256")
+        if _checksum(arrays, {"info": meta["info"], "stats": meta.get("stats")}) != meta["sha256"]:
+            raise damaged("the checksum of its arrays and metadata does not match")
+        mats = {name: _csr(arrays, name, damaged) for name in cls._MATRICES}
+        n_items = mats["train"].shape[1]
+        for name, m in mats.items():
+            if m.shape[1] != n_items:
+                raise damaged(f"{name} has {m.shape[1]} item columns, train has {n_items}")
+            if len(arrays[cls._USERS_OF[name]]) != m.shape[0]:
+                raise damaged(f"{name} has {m.shape[0]} rows but {cls._USERS_OF[name]} has {len(arrays[cls._USERS_OF[name]])} ids")
+        if arrays["item_ids"].ndim != 1 or len(arrays["item_ids"]) != n_items:
+            raise damaged(f"item_ids has {arrays['item_ids'].shape} ids for {n_items} item columns")
+        split = cls(**mats, **{name: arrays[name] for name in cls._IDS}, info=meta["info"])
+        if json.loads(dumps_json(split.stats())) != meta.get("stats"):
+            raise damaged("its arrays do not match the counts in its metadata")
+        return split
+
+
+def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """SHA-256 over every array (name, dtype, shape, bytes) and the metadata as canonical JSON."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(meta, sort_keys=True, allow_nan=False).encode())
+    return h.hexdigest()
+
+
+def _csr(arrays: dict[str, np.ndarray], name: str, damaged) -> sp.csr_matrix:
+    """One binary CSR matrix from its arrays, after checking that they describe one."""
+    indptr, indices, shape = arrays[f"{name}__indptr"], arrays[f"{name}__indices"], arrays[f"{name}__shape"]
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+        raise damaged(f"{name}: shape {shape.tolist()} is not two counts")
+    rows, cols = int(shape[0]), int(shape[1])
+    if indptr.ndim != 1 or indptr.dtype.kind not in "iu" or len(indptr) != rows + 1:
+        raise damaged(f"{name}: indptr has {indptr.shape} entries for {rows} rows")
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        raise damaged(f"{name}: indptr is not a non-decreasing 0..{len(indices)}")
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or (len(indices) and (indices.min() < 0 or indices.max() >= cols)):
+        raise damaged(f"{name}: item indices outside [0, {cols})")
+    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(rows, cols))
 
 
 def binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from multivae.config import check_domains
+
 # Bumped whenever `generate` changes its output for the same config (it is part of the processed-cache key).
 GENERATOR_VERSION = 1
 
@@ -35,21 +37,13 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_users", "n_items", "n_topics", "latent_dim", "min_activity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (0.0 < self.max_activity_fraction <= 1.0):
-            raise ValueError(f"max_activity_fraction must be in (0, 1], got {self.max_activity_fraction}")
+        check_domains(self, {"n_users": ">= 1", "n_items": ">= 1", "n_topics": ">= 1", "latent_dim": ">= 1",
+                             "topics_per_user": "> 0", "item_spread": ">= 0", "affinity": ">= 0", "popularity_exponent": ">= 0",
+                             "mean_activity": "> 0", "activity_sigma": ">= 0", "min_activity": ">= 1",
+                             "max_activity_fraction": "in (0, 1]", "seed": "in [0, 2**32)"})
         if self.min_activity > self.max_activity:
             raise ValueError(f"min_activity={self.min_activity} exceeds the most items a user may have "
                              f"({self.max_activity} = max_activity_fraction * n_items)")
-        if self.mean_activity <= 0 or self.activity_sigma < 0:
-            raise ValueError(f"mean_activity must be > 0 and activity_sigma >= 0, got {self.mean_activity}, {self.activity_sigma}")
-        if self.topics_per_user <= 0:
-            raise ValueError(f"topics_per_user must be > 0, got {self.topics_per_user}")
-        for name in ("item_spread", "affinity", "popularity_exponent"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def max_activity(self) -> int:

@@ -277,7 +277,11 @@ def test_load_of_a_damaged_file_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(heldout_users=0.5), r"fraction must be in \(0, 0.5\)"),
+    (dict(heldout_users=0.5), r"heldout_users must be in \(0, 0.5\), got 0.5"),
+    (dict(heldout_users=float("nan")), r"heldout_users must be finite and in \(0, 0.5\), got nan"),
+    (dict(min_rating=float("-inf")), r"min_rating must be finite, got -inf"),
+    (dict(seed=-1), r"seed must be in \[0, 2\*\*32\), got -1"),
+    (dict(seed=2**32), r"seed must be in \[0, 2\*\*32\), got 4294967296"),
     (dict(heldout_users=0), "heldout_users must be >= 1"),
     (dict(target_fraction=1.0), r"target_fraction must be in \(0, 1\)"),
     (dict(min_items_for_target=0), "min_items_for_target must be >= 1"),
