@@ -44,7 +44,7 @@ TIMEOUT_S = 120
 @dataclasses.dataclass(frozen=True)
 class Case:
     id: str
-    module: str           # multivae.train | multivae.recommend | tuning.run
+    module: str           # multivae.train | multivae.recommend | tuning.run | tuning.report
     argv: tuple           # "{d}": the shared input folder, "{t}": the case's own folder
     needles: tuple        # each must be in the stderr line
     outputs: tuple = ()   # paths (templates) the command would write to: must not exist afterwards
@@ -147,6 +147,26 @@ CASES = [
          ("{t}/ray_results",), in_process=True),
     Case("tune-cpus-over-local", "tuning.run", ("--space", "smoke", "--cpus-per-trial", "3", *TUNE),
          ("cpus_per_trial is 3", "2 CPUs"), ("{t}/ray_results",), in_process=True),
+    Case("tune-cpus-fractional", "tuning.run", ("--space", "smoke", "--cpus-per-trial", "1.5", *TUNE),
+         ("resources.cpus_per_trial must be a fraction <= 1 or a whole number", "1.5"), ("{t}/ray_results",), in_process=True),
+    Case("tune-gpus-fractional", "tuning.run", ("--space", "smoke", "--gpus-per-trial", "2.5", *TUNE),
+         ("resources.gpus_per_trial must be a fraction <= 1 or a whole number", "2.5"), ("{t}/ray_results",), in_process=True),
+    Case("tune-name-too-long", "tuning.run", ("--space", "smoke", *TUNE, "--name", "n" * 300),
+         ("--name is 300 bytes long", "at most 200"), ("{t}/ray_results",), in_process=True),
+    Case("tune-name-with-slash", "tuning.run", ("--space", "smoke", *TUNE, "--name", "a/b"),
+         ("--name must be a plain directory name", "'a/b'"), ("{t}/ray_results",), in_process=True),
+    Case("tune-address-unreachable", "tuning.run", ("--space", "smoke", *TUNE, "--address", "127.0.0.1:9"),
+         ("--address 127.0.0.1:9: nothing answers there",), ("{t}/ray_results",), in_process=True),
+    Case("tune-resume-run-meta-corrupt", "tuning.run", ("--resume", "--name", "meta_bad", "--storage", "{d}/exps", "--cache-dir", "{t}/cache"),
+         ("meta_bad/tuning_run.json: the run's metadata is not valid JSON",), in_process=True),
+    Case("tune-resume-run-meta-not-ours", "tuning.run", ("--resume", "--name", "meta_list", "--storage", "{d}/exps", "--cache-dir", "{t}/cache"),
+         ("meta_list/tuning_run.json: not the run metadata tuning.run writes",), in_process=True),
+    Case("tune-resume-experiment-state-corrupt", "tuning.run",
+         ("--resume", "--name", "state_bad", "--storage", "{d}/exps", "--cache-dir", "{t}/cache"),
+         ("state_bad/experiment_state-2026-01-01_00-00-00.json: Tune's experiment state is damaged", "--resume --finalize"),
+         in_process=True),
+    Case("report-binary-result-json", "tuning.report", ("{d}/exps/binary_results", "--out", "{t}/report"),
+         ("binary_results: no trial has a readable result",), ("{t}/report",), in_process=True),
 
     # --- data files (multivae.train --data) ---
     train_case("data-missing", ("--data", "{d}/missing.csv"), "missing.csv: file not found"),
@@ -379,7 +399,29 @@ def make_inputs(d: Path) -> SimpleNamespace:
             arrays["train__indices"][0] = (arrays["train__indices"][0] + 1) % int(arrays["train__shape"][1])
             np.savez(d / f"{name}.npz", **arrays)
         torch.save({**payload, "extra": {**payload["extra"], "split_path": str(d / f"{name}.npz")}}, d / f"{name}.pt")
+    make_experiments(d / "exps")
     return SimpleNamespace(dup=dup, ckpt=ckpt, n_items=n_items)
+
+
+def make_experiments(root: Path) -> None:
+    """Experiments of tuning.run damaged in one place each (what --resume and the report must refuse)."""
+    def experiment_dir(name: str, meta: str, state: str = '{"trial_data": [], "runner_data": {}}') -> Path:
+        exp = root / name
+        exp.mkdir(parents=True)
+        (exp / "tuner.pkl").write_bytes(b"")
+        (exp / "tuning_run.json").write_text(meta)
+        (exp / "search_space.yaml").write_text(SMOKE.read_text())
+        (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(state)
+        return exp
+
+    good_meta = json.dumps({"space": "smoke", "overrides": {}})
+    experiment_dir("meta_bad", '{"space": "smoke", "overrides"')
+    experiment_dir("meta_list", "[1, 2]")
+    experiment_dir("state_bad", good_meta, '{"trial_data": [{"trial_id": ')
+    trial = experiment_dir("binary_results", good_meta) / "trial_0001_0badbeef"
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({"lr": 0.01}))
+    (trial / "result.json").write_bytes(bytes(range(256)) * 8)   # not text at all
 
 
 def fill(template: str, d: Path, t: Path) -> str:
@@ -414,10 +456,10 @@ def outcomes(request, tmp_path_factory):
 def run_in_process(case: Case, d: Path, t: Path, capsys) -> SimpleNamespace:
     from multivae import recommend, train
     from multivae.errors import run_cli
-    from tuning import run
+    from tuning import report, run
 
     main, prog = {"multivae.train": (train.main, "multivae.train"), "multivae.recommend": (recommend.main, "multivae.recommend"),
-                  "tuning.run": (run.main, "python -m tuning.run")}[case.module]
+                  "tuning.run": (run.main, "python -m tuning.run"), "tuning.report": (report.main, "python -m tuning.report")}[case.module]
     (t / "keep.txt").write_text("a file the command must leave alone\n")
     t_before = snapshot(t)
     capsys.readouterr()

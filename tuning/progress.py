@@ -75,7 +75,13 @@ class ProgressLine(tune.Callback):
               f"beta {result.get('kl_weight', float('nan')):.4f}{end}{self._eta()}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if trial.trial_id in self.ended:
+            return   # its last result said so already
         self.ended.add(trial.trial_id)
+        k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
+        epoch = (trial.last_result or {}).get("epoch", "?")
+        print(f"trial {n} {trial.trial_id}  done after epoch {epoch}{self._eta()}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.ended.add(trial.trial_id)

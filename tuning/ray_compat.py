@@ -156,6 +156,29 @@ def trial_working_dir() -> Path:
         return Path(ctx.get_trial_dir())
 
 
+def check_snapshot(exp_path: str) -> None:
+    """Refuse to resume from a damaged experiment snapshot: Ray 2.60 skips an unreadable newest
+    `experiment_state-*.json` and starts the search again beside the old trials, mixing two runs' results."""
+    from multivae.errors import UserError
+    from tuning.experiment import local_path
+
+    local = local_path(exp_path)
+    if local is None:
+        return   # a remote snapshot is read by Ray itself
+    files = sorted(glob.glob(str(local / "experiment_state-*.json")))
+    if not files:
+        raise UserError(f"{exp_path}: no experiment state (experiment_state-*.json) to resume from")
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+        trials = state["trial_data"]
+        if not isinstance(trials, list) or not isinstance(state["runner_data"], dict):
+            raise TypeError("unexpected layout")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{files[-1]}: Tune's experiment state is damaged ({exc.__class__.__name__}: {str(exc)[:100]}); "
+                        f"resuming would start the search again beside the old trials. `python -m tuning.report "
+                        f"{exp_path}` lists the trials; `--resume --finalize` tests the best of them") from None
+
+
 def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:
     """Tune's last recorded status of each trial (`PENDING`, `RUNNING`, `PAUSED`, `TERMINATED`, `ERROR`) by
     trial id, read from the newest `experiment_state-*.json` (Ray's own file format, plain JSON); None when
@@ -190,7 +213,7 @@ def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str 
 
 
 __all__ = [
-    "TESTED_RAY_VERSIONS", "check_ray_version", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
+    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
     "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
     "set_stale_decision_in_snapshot", "snapshot_trial_states", "trial_working_dir",
 ]

@@ -292,6 +292,10 @@ def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
     trials = load_trials(exp, info.max_t)
     if not trials:
         raise UserError(f"{exp}: no trials found (expected trial folders with params.json)")
+    results = [Path(t.path) / experiment.TRIAL_RESULTS for t in trials]
+    if all(not t.rows for t in trials) and any(r.exists() and r.stat().st_size for r in results):
+        raise UserError(f"{exp}: no trial has a readable result (result.json holds no JSON rows of epochs); "
+                        f"not an experiment of tuning.run, or its files are damaged")
     distributions = info.distributions or infer_distributions(trials)
     params = list(distributions) or sorted({k for t in trials for k in t.config})
     out.mkdir(parents=True, exist_ok=True)

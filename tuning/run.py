@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from multivae.config import to_dict
-from multivae.errors import ArgParser, UserError, run_cli
+from multivae.errors import ArgParser, UserError, run_cli, short_repr
 from tuning import experiment
 from tuning.experiment import RUN_META, SPACE_COPY
 
 # Nothing here imports Ray at module level: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported,
 # and a local Ray must read 0 there to keep every connection on 127.0.0.1 (RAY_NOTES.md).
 RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130       # Ctrl-C, or trials left unfinished: `--resume` continues
+EXIT_TERMINATED = 143        # SIGTERM (128 + 15), handled like Ctrl-C: the experiment is saved, `--resume` continues
+MAX_NAME_BYTES = 200         # a file name holds 255 bytes; the lock beside the experiment adds ".<name>.lock.json"
+CONNECT_TIMEOUT_S = 10.0     # an --address where nothing answers fails within this, not after Ray's minutes of retries
 # Flags that shape the search: Tune restores the searcher, scheduler and trials as they were, so on
 # --resume these would be silently ignored; they are refused instead.
 SEARCH_FLAGS = ("space", "dataset", "num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "seed",
@@ -89,13 +94,39 @@ def _check_args(args) -> None:
         if changed:
             raise UserError(f"{', '.join(changed)} cannot change on --resume: the search goes on with the settings it "
                             f"started with (see {RUN_META} in the experiment directory)")
-    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
-        raise UserError(f"--name must be a plain directory name, got {args.name!r}")
+    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".") or "\0" in args.name):
+        raise UserError(f"--name must be a plain directory name, got {short_repr(args.name)}")
+    if args.name is not None and len(args.name.encode()) > MAX_NAME_BYTES:
+        raise UserError(f"--name is {len(args.name.encode())} bytes long; at most {MAX_NAME_BYTES} fit a file name "
+                        f"(with the lock file beside it), got {short_repr(args.name)}")
+    if args.address is not None:
+        check_reachable(args.address)
 
 
 def _overrides(args) -> dict[str, Any]:
     names = ("dataset", "data_dir", "num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "seed")
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def check_reachable(address: str) -> None:
+    """Refuse, within CONNECT_TIMEOUT_S, an `--address host:port` (or `ray://host:port`) where nothing listens:
+    `ray.init` would retry for minutes. `auto` and addresses without a port are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    target = address if "://" in address else f"tcp://{address}"
+    try:
+        parts = urlsplit(target)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise UserError(f"--address {short_repr(address)}: not an address like host:port or ray://host:port") from None
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: nothing answers there ({exc.strerror or exc.__class__.__name__}); "
+                        f"is the Ray head running (ray start --head) and the port right?") from None
 
 
 def cluster_address(args) -> str | None:
@@ -145,24 +176,19 @@ class Plan:
 
 
 def plan_run(args) -> Plan:
-    """Load the space, apply the flags (or, with --resume, the ones recorded), take the experiment's lock,
-    check the experiment directory. The lock is released by `main` whatever happens next."""
+    """Load the space, apply the flags (or, with --resume, the ones recorded), check the experiment directory,
+    then take the experiment's lock (a refused run has written nothing, not even a lock file). `main` releases
+    the lock whatever happens next."""
     from tuning.space import load_space, with_overrides
 
     root = experiment.storage_root(args.storage)
     check_storage(root)
-    space = None
-    if not args.resume:
+    if args.resume:
+        plan = _plan_resume(args, root, args.name, experiment.join(root, args.name))
+    else:
         space = with_overrides(load_space(args.space or "default"), **_overrides(args))
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_path = experiment.join(root, name)
-    lock = experiment.ExperimentLock(root, name)
-    note = lock.acquire()
-    try:
-        if note and not args.quiet:
-            print(f"{exp_path}: {note}", file=sys.stderr)
-        if args.resume:
-            return _plan_resume(args, root, name, exp_path, lock)
+        name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        exp_path = experiment.join(root, name)
         check_local_resources(space, args)
         replace = experiment.exists(exp_path)
         if replace:
@@ -177,13 +203,18 @@ def plan_run(args) -> Plan:
         meta = {"space": space.name, "space_source": str(space.source), "overrides": _overrides(args),
                 "optuna_storage": args.optuna_storage, "max_failures": args.max_failures,
                 "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        return Plan(space, name, root, exp_path, meta, lock, study_storage, replace)
-    except BaseException:
-        lock.release()
-        raise
+        plan = Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name), study_storage, replace)
+    note = plan.lock.acquire()
+    if note and not args.quiet:
+        print(f"{plan.exp_path}: {note}", file=sys.stderr)
+    if not args.resume and not plan.replace and experiment.exists(plan.exp_path):   # made while we checked
+        plan.lock.release()
+        raise UserError(f"{plan.exp_path}: an experiment of that name was just created by another run; pass --resume to "
+                        f"continue it or --overwrite to replace it")
+    return plan
 
 
-def _plan_resume(args, root: str, name: str, exp_path: str, lock: experiment.ExperimentLock) -> Plan:
+def _plan_resume(args, root: str, name: str, exp_path: str) -> Plan:
     from ray import tune
 
     from tuning.space import load_space, with_overrides
@@ -192,6 +223,10 @@ def _plan_resume(args, root: str, name: str, exp_path: str, lock: experiment.Exp
         raise UserError(f"{exp_path}: no experiment to resume there (no {RUN_META})")
     if not tune.Tuner.can_restore(exp_path):
         raise UserError(f"{exp_path}: the search never started there (no Tune state to resume); start it again with --overwrite")
+    if not args.finalize:
+        from tuning.ray_compat import check_snapshot
+
+        check_snapshot(exp_path)
     meta = experiment.read_json(experiment.join(exp_path, RUN_META), "the run's metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("overrides"), dict) or not isinstance(meta.get("space"), str):
         raise UserError(f"{experiment.join(exp_path, RUN_META)}: not the run metadata tuning.run writes (keys space, overrides)")
@@ -203,7 +238,7 @@ def _plan_resume(args, root: str, name: str, exp_path: str, lock: experiment.Exp
     overrides = {**meta["overrides"], **({"data_dir": args.data_dir} if args.data_dir else {})}
     space = dataclasses.replace(with_overrides(load_space(space_file), **overrides), name=meta["space"])
     check_local_resources(space, args)
-    return Plan(space, name, root, exp_path, meta, lock)   # OptunaSearch comes back with its study
+    return Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name))   # OptunaSearch comes back with its study
 
 
 def check_local_resources(space, args) -> None:
@@ -225,7 +260,7 @@ def check_local_resources(space, args) -> None:
                         f"CPUs (pass --cpus-per-trial, or --num-cpus)")
 
 
-def run_search(plan: Plan, split, args, callbacks: Sequence[Any]) -> float:
+def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "TerminationAsInterrupt | None" = None) -> float:
     """Start or join Ray, record the run, run (or resume) the search; its wall time."""
     import ray
 
@@ -235,6 +270,8 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any]) -> float:
     if args.finalize:   # no more trials: the results are read from the experiment's files, without Ray
         return 0.0
     started_ray = tuner.start_ray(cluster_address(args), args.num_cpus, args.quiet)
+    if term is not None:
+        term.install()   # again: ray.init installs a C++ handler of its own that dies on SIGTERM
     try:
         tuner.check_cluster_resources(space)
         if plan.replace:   # --overwrite: the old experiment goes only now that the new one really starts
@@ -287,13 +324,52 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
     from tuning.finalize import finalize
 
     plan = plan_run(args)
+    term = TerminationAsInterrupt()
     try:
-        split = load_dataset(plan.space.dataset, cache_dir=args.cache_dir, verbose=not args.quiet)   # once, here
-        fit_wall = run_search(plan, split, args, callbacks)
+        with term:
+            split = load_dataset(plan.space.dataset, cache_dir=args.cache_dir, verbose=not args.quiet)   # once, here
+            fit_wall = run_search(plan, split, args, callbacks, term)
+        if term.received:   # Tune saved the experiment and stopped: say how to go on, and finish nothing
+            print(f"stopped by SIGTERM; the experiment is saved. Continue it with: {plan.resume_cmd}", file=sys.stderr)
+            return EXIT_TERMINATED
         return finalize(plan.space, split, exp_path=plan.exp_path, resume_cmd=plan.resume_cmd, finalize_now=args.finalize,
                         resumed=bool(args.resume), fit_wall=fit_wall, t_start=t_start, dataset=to_dict(plan.space.dataset))
+    except KeyboardInterrupt:
+        if not term.received:
+            raise
+        print(f"stopped by SIGTERM before the search started. Start it again with: {plan.resume_cmd if args.resume else 'the same command'}",
+              file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         plan.lock.release()
+
+
+class TerminationAsInterrupt:
+    """SIGTERM (what Kubernetes, Slurm and most schedulers send) is handled like Ctrl-C: during the search it
+    reaches Tune's SIGINT handler, which stops the trials and saves the experiment for `--resume`; before, it
+    interrupts the driver. Without this, Ray's driver dies on SIGTERM with exit 1 and no resume hint."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        signal.raise_signal(signal.SIGINT)   # Tune's handler during the search, else KeyboardInterrupt
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._handle)
+            if self.previous is None:
+                self.previous = previous
+
+    def __enter__(self) -> "TerminationAsInterrupt":
+        self.install()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def cli() -> int:

@@ -34,7 +34,7 @@ from typing import Any, Literal, Mapping, NoReturn, Union, get_args, get_origin,
 from multivae.config import from_dict, to_dict
 from multivae.data import DatasetConfig
 from multivae.errors import UserError, one_line
-from multivae.yamlfile import load_yaml_text
+from multivae.yamlfile import load_yaml_file
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig
 from multivae.training import TrainConfig
@@ -134,11 +134,7 @@ def load_space(name_or_path: str, *, name: str | None = None) -> SearchSpace:
     path, found = _locate(str(name_or_path))
     name = name or found
     label = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{label}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    return _parse(load_yaml_text(text, label), source=str(path), label=label, name=name)
+    return _parse(load_yaml_file(path, label), source=str(path), label=label, name=name)
 
 
 def parse_space(data: Any, source: str, *, name: str | None = None) -> SearchSpace:
@@ -366,6 +362,9 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
         p.fail(f"resources.cpus_per_trial must be > 0, got {cpus!r}")
     if gpus < 0:
         p.fail(f"resources.gpus_per_trial must be >= 0, got {gpus!r}")
+    for key, value in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
+        if value > 1 and not float(value).is_integer():   # Ray places a fraction of one CPU/GPU, or whole ones
+            p.fail(f"resources.{key} must be a fraction <= 1 or a whole number (Ray cannot place {value!r})")
     ck = p.mapping(data.get("checkpoint"), "checkpoint", ("every", "keep"))
     every = p.integer(ck.get("every", CheckpointSettings.every), "checkpoint.every")
     keep = p.integer(ck.get("keep", CheckpointSettings.keep), "checkpoint.keep")

