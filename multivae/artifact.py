@@ -130,7 +130,7 @@ def _swap_into_place(new: Path, path: Path) -> None:
 
 
 def _version() -> str:
-    from multivae import __version__
+    from multivae.version import __version__
 
     return __version__
 

@@ -276,7 +276,7 @@ def render(df: pd.DataFrame, fmt: str) -> bytes:
 
 
 def _parser() -> ArgParser:
-    from multivae import __version__
+    from multivae.version import __version__
 
     p = ArgParser(prog="python -m multivae.recommend", description="Top-K recommendations from a trained model (items a user "
                   "already has are never recommended).")
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from multivae.data.readers import ids_like, read_table  # the generic CSV/TSV/Parquet reader with clear errors
 
         df = read_table(args.items_file, user_col="user", item_col="item", rating_col=None)
-        df["item"] = ids_like(df["item"], item_ids, args.items_file, "item")
+        df["item"] = ids_like(df["item"], rec.item_ids, args.items_file, "item")
         groups = df.groupby("user", sort=False)["item"].apply(list)
         rows, _ = rows_from_items(list(groups.values), rec.item_ids, args.items_file)
         recs = rec._frame(list(groups.index), rows, args.k, args.batch_size)

@@ -50,7 +50,7 @@ CONFIG_FILE_INFO = ("space", "trial_id", "best_epoch", "beta_at_best", "config")
 
 
 def _parser() -> ArgParser:
-    from multivae import __version__
+    from multivae.version import __version__
     from multivae.data import DATASET_NAMES
 
     M, T = ModelConfig, TrainConfig
