@@ -24,6 +24,7 @@ def readme_snippet() -> str:
 
 def test_readme_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
     monkeypatch.setenv("MULTIVAE_DATA_DIR", str(tmp_path / "cache"))
     code = readme_snippet()
     assert "multivae.fit(" in code and "multivae.load(" in code
