@@ -383,8 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         if beta_star:
             sweep_cfg = beta_star_sweep(cfg)
-            sweep = train_one(split, model_cfg, sweep_cfg, out / "beta_sweep",
-                              args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
+            if args.resume and (out / CHECKPOINT_NAME).exists():
+                # the retraining has begun: beta* is settled, and --epochs extends the retraining, not the sweep
+                sweep = restore_state(out / "beta_sweep" / CHECKPOINT_NAME, n_items=split.n_items, item_ids=split.item_ids)
+                sweep_cfg = sweep.train_config
+            else:
+                sweep = train_one(split, model_cfg, sweep_cfg, out / "beta_sweep",
+                                  args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
             value = float(sweep.best["kl_weight"])
             print(f"beta* = {value:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
             report["beta_star"] = {"value": value, "sweep_best": sweep.best, "sweep_train_config": to_dict(sweep_cfg)}

@@ -157,3 +157,14 @@ def test_cli_version_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "multivae.train", "--version"], capture_output=True, text=True, cwd=REPO,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("python -m multivae.train 0.")
+
+
+def test_beta_star_resume_extends_the_retraining_not_the_sweep(data, tmp_path):
+    base = ["--data", str(data / "ratings.csv"), *TINY, "--anneal-steps", "10"]
+    run([*base, "--beta-star", "--epochs", "2"], tmp_path)
+    first = metrics(tmp_path)
+    assert first["beta_star"]["sweep_train_config"]["anneal_steps"] == 50     # 10 / 0.2: the same slope up to 1
+    run(["--resume", "--epochs", "3", "--quiet"], tmp_path)                     # --beta-star comes from the checkpoint
+    again = metrics(tmp_path)
+    assert again["beta_star"]["value"] == first["beta_star"]["value"] and again["epochs"] == 3
+    assert again["train_config"]["anneal_cap"] == first["train_config"]["anneal_cap"] == first["beta_star"]["value"]
