@@ -41,6 +41,11 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
     elif isinstance(data, (str, Path)):
         argv += ["--data", str(data)]
     elif hasattr(data, "to_parquet"):
+        from multivae.checkpoint import CHECKPOINT_NAME
+
+        run_there = (Path(out) / CHECKPOINT_NAME).exists() or (Path(out) / "metrics.json").exists()
+        if run_there and not (options.get("overwrite") or options.get("resume")):   # before anything is written there
+            raise UserError(f"{out}: a run already exists there; pass resume=True to continue it or overwrite=True to replace it")
         path = Path(out) / "interactions.parquet"
         from multivae.files import atomic_write_bytes
 

@@ -41,6 +41,10 @@ def test_fit_takes_a_dataframe_and_flags_as_keywords(tmp_path):
     assert rec.meta["model_config"]["latent_dim"] == 4 and rec.meta["train_config"]["epochs"] == 1
     top = rec.recommend(users=[int(rec.user_ids[0])], k=3)
     assert list(top.columns) == ["user", "rank", "item", "score"] and len(top) == 3
+    before = (tmp_path / "run" / "interactions.parquet").read_bytes()
+    with pytest.raises(UserError, match=r"run: a run already exists there"):
+        multivae.fit(data=df.head(2000), out=tmp_path / "run", epochs=1)
+    assert (tmp_path / "run" / "interactions.parquet").read_bytes() == before      # nothing of the run overwritten
     with pytest.raises(UserError, match=r"multivae\.fit: unknown option 'learning_rate'"):
         multivae.fit(data=df, out=tmp_path / "other", learning_rate=0.1)
 
