@@ -35,26 +35,8 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
     from multivae.recommend import load
 
     dests = {a.dest: a for a in train._parser()._actions if a.dest not in ("help", "version")}
-    argv: list[str] = []
-    if isinstance(data, (str, Path)) and str(data) in _dataset_names():
-        argv += ["--dataset", str(data)]
-    elif isinstance(data, (str, Path)):
-        argv += ["--data", str(data)]
-    elif hasattr(data, "to_parquet"):
-        from multivae.checkpoint import CHECKPOINT_NAME
-
-        run_there = (Path(out) / CHECKPOINT_NAME).exists() or (Path(out) / "metrics.json").exists()
-        if run_there and not (options.get("overwrite") or options.get("resume")):   # before anything is written there
-            raise UserError(f"{out}: a run already exists there; pass resume=True to continue it or overwrite=True to replace it")
-        path = Path(out) / "interactions.parquet"
-        from multivae.files import atomic_write_bytes
-
-        atomic_write_bytes(path, data.to_parquet(index=False))
-        argv += ["--data", str(path)]
-    else:
-        raise UserError(f"data must be a dataset name, a file path or a pandas DataFrame, got {type(data).__name__}")
-    options = {"quiet": True, **options}
-    for key, value in options.items():
+    flags: list[str] = []
+    for key, value in {"quiet": True, **options}.items():    # every option checked before anything is written
         action = dests.get(key)
         if action is None or key in ("data", "dataset", "out"):
             raise UserError(f"multivae.fit: unknown option {key!r} (options: {', '.join(sorted(set(dests) - {'data', 'dataset', 'out'}))})")
@@ -62,11 +44,28 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
         if value is None or value is False:
             continue
         if value is True:
-            argv.append(flag)
+            flags.append(flag)
         elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
+            flags += [flag, *map(str, value)]
         else:
-            argv += [flag, str(value)]
+            flags += [flag, str(value)]
+    if isinstance(data, (str, Path)) and str(data) in _dataset_names():
+        argv = ["--dataset", str(data)]
+    elif isinstance(data, (str, Path)):
+        argv = ["--data", str(data)]
+    elif hasattr(data, "to_parquet"):
+        from multivae.checkpoint import CHECKPOINT_NAME
+        from multivae.files import atomic_write_bytes
+
+        run_there = (Path(out) / CHECKPOINT_NAME).exists() or (Path(out) / "metrics.json").exists()
+        if run_there and not (options.get("overwrite") or options.get("resume")):   # before anything is written there
+            raise UserError(f"{out}: a run already exists there; pass resume=True to continue it or overwrite=True to replace it")
+        path = Path(out) / "interactions.parquet"
+        atomic_write_bytes(path, data.to_parquet(index=False))
+        argv = ["--data", str(path)]
+    else:
+        raise UserError(f"data must be a dataset name, a file path or a pandas DataFrame, got {type(data).__name__}")
+    argv += flags
     argv += ["--out", str(out)]
     train.main(argv)
     model_dir = Path(out) / train.MODEL_DIR

@@ -47,6 +47,7 @@ def test_fit_takes_a_dataframe_and_flags_as_keywords(tmp_path):
     assert (tmp_path / "run" / "interactions.parquet").read_bytes() == before      # nothing of the run overwritten
     with pytest.raises(UserError, match=r"multivae\.fit: unknown option 'learning_rate'"):
         multivae.fit(data=df, out=tmp_path / "other", learning_rate=0.1)
+    assert not (tmp_path / "other").exists()
 
 
 def test_import_multivae_stays_light():
