@@ -170,9 +170,10 @@ def reconstruction_loss(logits: torch.Tensor, x: SparseBatch | torch.Tensor, lik
         # BCE with logits summed over items: sum softplus(l) - sum_{x=1} l
         return (F.softplus(logits).sum(dim=1) - _target_sum(logits, x)).mean()
     if likelihood == "gaussian":
-        # Squared error with unit variance (up to constants): sum (x - l)^2 = sum l^2 - 2 sum_{x=1} l + n_x
+        # The paper's -log p(x|z) = sum c/2 (x - l)^2 with c = 1 (up to a constant):
+        # 1/2 sum (x - l)^2 = 1/2 (sum l^2 - 2 sum_{x=1} l + n_x)
         n_x = x.counts().to(logits.dtype) if isinstance(x, SparseBatch) else x.sum(dim=1)
-        return (logits.pow(2).sum(dim=1) - 2 * _target_sum(logits, x) + n_x).mean()
+        return (0.5 * (logits.pow(2).sum(dim=1) - 2 * _target_sum(logits, x) + n_x)).mean()
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 

@@ -3,95 +3,265 @@
     python -m multivae.train --dataset ml-1m --data-dir ../shared/datasets --out runs/ml1m-vae
     python -m multivae.train --dataset synthetic --epochs 20 --out runs/synthetic
     python -m multivae.train --data ratings.csv --user-col uid --item-col sid --out runs/mine
+    python -m multivae.train --config ray_results/<experiment>/best_config.yaml --dataset ml-1m --out runs/best
 
-Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights) and `<out>/metrics.json`
-(configs, split statistics, validation curve, test metrics of the best model, time per epoch).
+Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights), `<out>/metrics.json` (the settings
+really used, split statistics, validation curve, test metrics of the best model, time per epoch) and
+`<out>/model/`, the self-contained model folder `multivae.recommend` reads (`multivae.artifact`).
+
+Settings come from, in rising priority: the defaults, `--config FILE.yaml` (sections `model`, `train`,
+`dataset`), the flags given on the command line. On `--resume` the checkpoint's settings win: a flag that
+contradicts them is an error, except `--epochs` (to train longer) and the run-time knobs `--device`,
+`--threads`, `--malloc`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import os
+import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from multivae.allocator import MALLOC_MODES
-from multivae.checkpoint import CHECKPOINT_NAME
+from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.files import atomic_write_json, check_writable_dir
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
-                            save_state)
+                               save_state)
+
+MODEL_DIR = "model"
+# flag dest -> ModelConfig / TrainConfig key (the flags that set a config field)
+MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hidden_dims", "latent_dim": "latent_dim",
+               "dropout": "dropout", "no_normalize": "normalize_input"}
+TRAIN_FLAGS = {k: k for k in ("epochs", "batch_size", "lr", "weight_decay", "anneal_cap", "anneal_steps", "seed", "device",
+                              "threads", "adam", "malloc")}
+DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "data_dir", "heldout_users", "min_rating")
+# What may change on --resume: training longer, and where/how fast it runs (not what it computes).
+RESUME_MAY_CHANGE = ("epochs", "device", "threads", "malloc")
+# Keys of a search's best_config.yaml that describe the search, not the model: read past.
+CONFIG_FILE_SECTIONS = ("model", "train", "dataset")
+CONFIG_FILE_INFO = ("space", "trial_id", "best_epoch", "beta_at_best", "config")
 
 
 def _parser() -> ArgParser:
+    from multivae.version import __version__
     from multivae.data import DATASET_NAMES
 
+    M, T = ModelConfig, TrainConfig
     p = ArgParser(prog="python -m multivae.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", metavar="FILE.yaml", help="settings file with sections model, train, dataset (a search's "
+                   "best_config.yaml works); flags given on the command line override it")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(n for n in DATASET_NAMES if n != 'file')} (default synthetic)")
     d.add_argument("--data", metavar="PATH", help="a CSV/TSV/Parquet file of user-item interactions instead of --dataset")
-    d.add_argument("--user-col", default="user")
-    d.add_argument("--item-col", default="item")
-    d.add_argument("--rating-col", default="rating", help="rating column, or none for implicit data (default rating)")
+    d.add_argument("--user-col", default="user", help="--data: the user id column (default user)")
+    d.add_argument("--item-col", default="item", help="--data: the item id column (default item)")
+    d.add_argument("--rating-col", help="--data: the rating column (default: rating when the file has one, else every row is "
+                   "a positive: implicit data); none: ignore ratings")
     d.add_argument("--data-dir", help="folder with an extracted MovieLens copy (else $MULTIVAE_DATA_DIR, else download)")
     d.add_argument("--cache-dir", help="where downloads and processed splits are cached (default $MULTIVAE_DATA_DIR or ~/.cache/multivae)")
     d.add_argument("--heldout-users", type=float, help="validation (and test) users: a count, or a fraction < 0.5 (default: the dataset's preset)")
     d.add_argument("--min-rating", type=float, help="keep ratings > this (default 3.5, the paper)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=["vae", "dae", "popularity"], default="vae")
-    m.add_argument("--likelihood", choices=["multinomial", "bernoulli", "gaussian"], default="multinomial")
+    m.add_argument("--model", choices=["vae", "dae", "popularity"], default=M.model, help="Mult-VAE, Mult-DAE, or the popularity baseline (default vae)")
+    m.add_argument("--likelihood", choices=["multinomial", "bernoulli", "gaussian"], default=M.likelihood,
+                   help="decoder likelihood (default multinomial, the paper's)")
     m.add_argument("--hidden-dims", type=int, nargs="*", help="hidden layer sizes (default: 600 for vae, none for dae)")
-    m.add_argument("--latent-dim", type=int, default=200)
-    m.add_argument("--dropout", type=float, default=0.5)
+    m.add_argument("--latent-dim", type=int, default=M.latent_dim, help=f"latent dimension (default {M.latent_dim})")
+    m.add_argument("--dropout", type=float, default=M.dropout, help=f"input dropout probability (default {M.dropout})")
     m.add_argument("--no-normalize", action="store_true", help="skip the L2 normalization of input rows (ablation)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=500)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, default=T.epochs, help=f"epochs to train (default {T.epochs}); with --resume, train up to this many")
+    t.add_argument("--batch-size", type=int, default=T.batch_size, help=f"users per update (default {T.batch_size})")
+    t.add_argument("--lr", type=float, default=T.lr, help=f"Adam learning rate (default {T.lr})")
     t.add_argument("--weight-decay", type=float, help="lam in lam*sum||W||^2 (default 0 for vae, 0.01/batch_size for dae)")
-    t.add_argument("--anneal-cap", type=float, default=0.2)
+    t.add_argument("--anneal-cap", type=float, default=T.anneal_cap, help=f"largest KL weight beta (default {T.anneal_cap})")
     t.add_argument("--anneal-steps", type=int, help="updates until beta reaches the cap (default: the reference schedule)")
-    t.add_argument("--beta-star", action="store_true", help="the paper's recipe: anneal to 1, take the beta of the best "
-                   "validation epoch (beta*), then retrain with that cap")
-    t.add_argument("--seed", type=int, default=98765)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--threads", type=int)
-    t.add_argument("--adam", choices=list(ADAM_KERNELS), default=TrainConfig.adam,
+    t.add_argument("--beta-star", action="store_true", help="the paper's recipe: anneal to 1 with the same slope, take the beta of "
+                   "the best validation epoch (beta*), then retrain with that cap")
+    t.add_argument("--seed", type=int, default=T.seed, help=f"seed of the initial weights, dropout, sampling and user order (default {T.seed}; "
+                   "the split's seed is the protocol's, also 98765)")
+    t.add_argument("--device", default=T.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    t.add_argument("--adam", choices=list(ADAM_KERNELS), default=T.adam,
                    help="Adam kernel (one algorithm; fused is fastest, foreach/single_tensor match each other bit for bit)")
-    t.add_argument("--malloc", choices=list(MALLOC_MODES), default=TrainConfig.malloc,
+    t.add_argument("--malloc", choices=list(MALLOC_MODES), default=T.malloc,
                    help="keep: glibc keeps freed memory for reuse (faster, same numbers); default: leave it alone")
-    t.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (always at the end)")
+    t.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (always at the end; default 10)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="runs/train", help="output directory (default runs/train)")
-    o.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    o.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt with its settings")
     o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def dataset_config_from_args(args: Any):
-    from multivae.data import DatasetConfig, ProtocolConfig
+def explicit_flags(argv: Sequence[str]) -> set[str]:
+    """The dests of the flags actually on the command line: the same parser with every default suppressed."""
+    q = _parser()
+    for action in q._actions:
+        if not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            action.default = argparse.SUPPRESS
+    return set(vars(q.parse_args(list(argv))))
 
-    protocol: dict[str, Any] = {}
-    if args.heldout_users is not None:
+
+def read_config_file(path: str) -> dict[str, dict]:
+    """The `model`, `train` and `dataset` sections of a settings file (each may be absent)."""
+    from multivae.yamlfile import load_yaml_file
+
+    data = load_yaml_file(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with sections {', '.join(CONFIG_FILE_SECTIONS)}, got {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        if key in CONFIG_FILE_SECTIONS:
+            if not isinstance(value, dict):
+                raise UserError(f"{path}: {key} must be a mapping, got {value!r}")
+            out[key] = dict(value)
+        elif key in CONFIG_FILE_INFO or str(key).startswith("best_"):
+            continue   # what a search records about its best trial; the sections above are the settings
+        else:
+            raise UserError(f"{path}: unknown key {key!r} (allowed: {', '.join(CONFIG_FILE_SECTIONS)}; a search's "
+                            f"{', '.join(CONFIG_FILE_INFO)}, best_* are read past)")
+    if "config" in data and not ({"model", "train"} & set(out)):
+        raise UserError(f"{path}: has only the flat trial parameters (config); retraining needs its model and train sections")
+    return out
+
+
+def _flag_value(args: Any, dest: str) -> Any:
+    value = getattr(args, dest)
+    return (not value) if dest == "no_normalize" else value
+
+
+def _flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def given_settings(args: Any, explicit: set[str], file: dict[str, dict], config_path: str | None) -> tuple[dict, dict, dict]:
+    """(model, train, origin): the settings the user asked for (file, then flags) and where each came from."""
+    model = dict(file.get("model", {}))
+    train = dict(file.get("train", {}))
+    origin = {f"model.{k}": f"{config_path}: model.{k}" for k in model} | {f"train.{k}": f"{config_path}: train.{k}" for k in train}
+    for dest, key in MODEL_FLAGS.items():
+        if dest in explicit and not (dest == "model" and args.model not in ("vae", "dae")):
+            model[key] = _flag_value(args, dest)
+            origin[f"model.{key}"] = _flag_name(dest)
+    for dest, key in TRAIN_FLAGS.items():
+        if dest in explicit:
+            train[key] = _flag_value(args, dest)
+            origin[f"train.{key}"] = _flag_name(dest)
+    return model, train, origin
+
+
+def check_resume_settings(ckpt: Path, payload: dict, model: dict, train: dict, origin: dict, beta_star: bool | None) -> tuple[dict, dict]:
+    """The settings to resume with: the checkpoint's; anything given that contradicts them is an error."""
+    requested = payload.get("extra", {}).get("requested") or {"model": payload["model_config"], "train": payload["train_config"]}
+    saved_model = to_dict(from_dict(ModelConfig, requested["model"], where=str(ckpt)))
+    saved_train = to_dict(from_dict(TrainConfig, requested["train"], where=str(ckpt)))
+    asked_model = to_dict(from_dict(ModelConfig, {**saved_model, **model}, where="command line"))
+    asked_train = to_dict(from_dict(TrainConfig, {**saved_train, **train}, where="command line"))
+    for section, saved, asked, given in (("model", saved_model, asked_model, model), ("train", saved_train, asked_train, train)):
+        for key in given:
+            if section == "train" and key in RESUME_MAY_CHANGE:
+                continue
+            if asked[key] != saved[key]:
+                raise UserError(f"{origin[f'{section}.{key}']} {asked[key]!r} contradicts the checkpoint's {key} {saved[key]!r} "
+                                f"({ckpt}); --resume keeps the trained settings: drop it, or start a new run with --overwrite")
+    saved_beta_star = bool(payload.get("extra", {}).get("beta_star", False))
+    if beta_star and not saved_beta_star:
+        raise UserError(f"--beta-star contradicts the checkpoint {ckpt}, which was trained without it")
+    return saved_model, {**saved_train, **{k: asked_train[k] for k in RESUME_MAY_CHANGE if k in train}}
+
+
+def dataset_config_from_args(args: Any, explicit: set[str] | None = None, base: dict | None = None):
+    """The dataset: `base` (a config file's or the resumed checkpoint's), with the flags given on top."""
+    from multivae.data import DatasetConfig
+
+    explicit = set(DATA_FLAGS) & set(vars(args)) if explicit is None else explicit
+    fields: dict[str, Any] = dict(base or {})
+    if "data" in explicit and args.data:
+        if fields.get("name") != "file" or fields.get("path") != args.data:
+            fields = {k: v for k, v in fields.items() if k in ("protocol", "cache")}
+        fields |= {"name": "file", "path": args.data}
+    elif "dataset" in explicit:
+        if fields.get("name") != args.dataset:
+            fields = {k: v for k, v in fields.items() if k in ("protocol", "cache")}
+        fields["name"] = args.dataset
+    elif not fields:
+        fields = {"name": "file", "path": args.data} if args.data else {"name": args.dataset}
+    for dest in ("user_col", "item_col"):
+        if dest in explicit:
+            fields[dest] = getattr(args, dest)
+    if "rating_col" in explicit and args.rating_col is not None:
+        fields["rating_col"] = None if args.rating_col.lower() == "none" else args.rating_col
+    if "data_dir" in explicit and args.data_dir:
+        fields["data_dir"] = args.data_dir
+    protocol = dict(fields.get("protocol") or {})
+    if "heldout_users" in explicit and args.heldout_users is not None:
         h = args.heldout_users
         protocol["heldout_users"] = int(h) if h >= 1 and float(h).is_integer() else h
-    if args.min_rating is not None:
+    if "min_rating" in explicit and args.min_rating is not None:
         protocol["min_rating"] = args.min_rating
-    fields: dict[str, Any] = {"name": "file", "path": args.data} if args.data else {"name": args.dataset}
-    if args.data:
-        fields |= {"user_col": args.user_col, "item_col": args.item_col,
-                   "rating_col": None if args.rating_col.lower() == "none" else args.rating_col}
-    if args.data_dir:
-        fields["data_dir"] = args.data_dir
-    fields["protocol"] = from_dict(ProtocolConfig, protocol, where="command line")
+    fields["protocol"] = protocol
+    if fields.get("name") == "file" and "rating_col" not in fields:
+        fields["rating_col"] = _default_rating_col(fields)
     return from_dict(DatasetConfig, fields, where="command line")
+
+
+def _default_rating_col(fields: dict) -> str | None:
+    """`rating` when the file has that column, else None (implicit data), said once on stderr."""
+    path = Path(str(fields["path"])).expanduser()
+    columns = _file_columns(path, fields.get("sep"))
+    if columns is None or "rating" in columns:
+        return "rating"   # unreadable here: the reader gives the precise error
+    print(f"{path}: no 'rating' column, so every row is read as a positive (implicit data); "
+          "--rating-col NAME names a rating column", file=sys.stderr)
+    return None
+
+
+def _file_columns(path: Path, sep: str | None) -> list[str] | None:
+    import pandas as pd
+
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
+    try:
+        if sep is None and suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        sep = sep or {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}.get(suffix)
+        if sep is None:
+            return None
+        return [str(c) for c in pd.read_csv(path, sep=sep, nrows=0, engine="c" if len(sep) == 1 else "python").columns]
+    except Exception:  # any unreadable file: let the reader report it with its own message
+        return None
+
+
+def beta_star_sweep(cfg: TrainConfig) -> TrainConfig:
+    """The anneal-to-1 run of the beta* recipe, with the slope of `cfg` (cap / anneal_steps per update)."""
+    if cfg.anneal_steps is None:
+        return dataclasses.replace(cfg, anneal_cap=1.0)   # the reference slope, whatever the cap
+    if cfg.anneal_steps == 0 or cfg.anneal_cap == 0:
+        raise UserError(f"--beta-star needs an annealed beta; --anneal-steps {cfg.anneal_steps} with --anneal-cap {cfg.anneal_cap} "
+                        "has no slope to sweep with")
+    return dataclasses.replace(cfg, anneal_cap=1.0, anneal_steps=round(cfg.anneal_steps / cfg.anneal_cap))
+
+
+def beta_star_retrain(cfg: TrainConfig, beta_star: float) -> TrainConfig:
+    """The retraining at cap beta*, still with the slope of `cfg`."""
+    steps = None if cfg.anneal_steps is None else round(cfg.anneal_steps * beta_star / cfg.anneal_cap)
+    return dataclasses.replace(cfg, anneal_cap=beta_star, anneal_steps=steps)
 
 
 class ProgressBar(Callback):
@@ -134,7 +304,7 @@ class Both(Callback):
 def train_one(split, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, resume: bool, quiet: bool, every: int, extra: dict) -> TrainState:
     ckpt = out / CHECKPOINT_NAME
     if resume:
-        state = restore_state(ckpt, n_items=split.n_items, train_config=cfg)
+        state = restore_state(ckpt, n_items=split.n_items, train_config=cfg, item_ids=split.item_ids)
         print(f"resumed from {ckpt} at epoch {state.epoch}, global step {state.global_step}", file=sys.stderr)
     else:
         state = init_state(split.n_items, model_cfg, cfg)
@@ -150,7 +320,9 @@ def train_one(split, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, resume
 def main(argv: Sequence[str] | None = None) -> int:
     from multivae.data import load_dataset
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    explicit = explicit_flags(argv)
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
@@ -162,40 +334,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (out / CHECKPOINT_NAME).exists() or metrics_path.exists():
         if not (args.resume or args.overwrite):
             raise UserError(f"{out}: a run already exists there; pass --resume to continue it or --overwrite to replace it")
-    elif args.resume:
+    elif args.resume and not (out / "beta_sweep" / CHECKPOINT_NAME).exists():
         raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
 
-    # Every flag is checked before the data is read and before --out is created: a bad value writes nothing.
-    data_cfg = dataset_config_from_args(args)
+    # Every setting is checked before the data is read and before --out is created: a bad value writes nothing.
+    file = read_config_file(args.config) if args.config else {}
+    model_given, train_given, origin = given_settings(args, explicit, file, args.config)
+    kind = args.model if "model" in explicit else model_given.get("model", "vae")
+    beta_star = args.beta_star
+    dataset_base = file.get("dataset")
     model_cfg = cfg = None
-    if args.model != "popularity":
-        model_cfg = from_dict(ModelConfig, {
-            "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim, "dropout": args.dropout,
-            "hidden_dims": args.hidden_dims, "normalize_input": not args.no_normalize}, where="command line")
-        cfg = from_dict(TrainConfig, {
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "anneal_cap": args.anneal_cap, "anneal_steps": args.anneal_steps, "seed": args.seed, "device": args.device,
-            "threads": args.threads, "adam": args.adam, "malloc": args.malloc}, where="command line")
+    if kind != "popularity":
+        if args.resume:
+            ckpt = out / CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else out / "beta_sweep" / CHECKPOINT_NAME
+            payload = load_checkpoint(ckpt)
+            model_dict, train_dict = check_resume_settings(ckpt, payload, model_given, train_given, origin, args.beta_star)
+            beta_star = beta_star or bool(payload.get("extra", {}).get("beta_star", False))
+            if not (set(DATA_FLAGS) & explicit) and dataset_base is None:
+                dataset_base = payload.get("extra", {}).get("dataset")
+        else:
+            model_dict, train_dict = model_given, train_given
+        model_cfg = from_dict(ModelConfig, model_dict, where=args.config or "command line")
+        cfg = from_dict(TrainConfig, train_dict, where=args.config or "command line")
         resolve_device(cfg.device)
+        if beta_star:
+            beta_star_sweep(cfg)   # refuses a schedule without a slope, before anything is read
+    data_cfg = dataset_config_from_args(args, explicit, dataset_base)
     split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
+    stats = split.stats()
+    if stats["val_users_with_target"] == 0:
+        p = data_cfg.protocol
+        raise UserError(f"{data_cfg.path or data_cfg.name}: none of the {stats['val_users']} validation users has a held-out target "
+                        f"(a user needs at least {p.min_items_for_target} items): there is nothing to select the best epoch on; "
+                        "use more data or lower --heldout-users")
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": split.stats(), "command": " ".join(sys.argv)}
-    extra = {"split_path": split.info.get("cache_path"), "dataset": to_dict(data_cfg)}
+    command = "python -m multivae.train " + shlex.join(argv)
+    report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": stats, "command": command, "resumed": bool(args.resume)}
+    extra = {"split_path": split.info.get("cache_path"), "dataset": to_dict(data_cfg), "source_path": split.info.get("source_path"),
+             "beta_star": bool(beta_star)}
 
-    if args.model == "popularity":
+    if kind == "popularity":
         score = popularity_scorer(split.train)
         report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target),
                    "test": evaluate(score, split.test_fold_in, split.test_target)}
     else:
         assert model_cfg is not None and cfg is not None
+        extra["requested"] = {"model": to_dict(model_cfg), "train": to_dict(cfg)}
         t0 = time.perf_counter()
-        if args.beta_star:
-            sweep = train_one(split, model_cfg, dataclasses.replace(cfg, anneal_cap=1.0), out / "beta_sweep",
-                              args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
-            beta_star = float(sweep.best["kl_weight"])
-            print(f"beta* = {beta_star:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
-            report["beta_star"] = {"value": beta_star, "sweep_best": sweep.best}
-            cfg = dataclasses.replace(cfg, anneal_cap=beta_star)
+        if beta_star:
+            sweep_cfg = beta_star_sweep(cfg)
+            if args.resume and (out / CHECKPOINT_NAME).exists():
+                # the retraining has begun: beta* is settled, and --epochs extends the retraining, not the sweep
+                sweep = restore_state(out / "beta_sweep" / CHECKPOINT_NAME, n_items=split.n_items, item_ids=split.item_ids)
+                sweep_cfg = sweep.train_config
+            else:
+                sweep = train_one(split, model_cfg, sweep_cfg, out / "beta_sweep",
+                                  args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
+            value = float(sweep.best["kl_weight"])
+            print(f"beta* = {value:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
+            report["beta_star"] = {"value": value, "sweep_best": sweep.best, "sweep_train_config": to_dict(sweep_cfg)}
+            cfg = beta_star_retrain(cfg, value)
             resume = args.resume and (out / CHECKPOINT_NAME).exists()
         else:
             resume = args.resume
@@ -205,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = next(model.parameters()).device
         epoch_times = [h["epoch_time_s"] for h in state.history]
         report |= {
-            "model": args.model, "model_config": to_dict(model_cfg), "train_config": to_dict(cfg),
+            "model": model_cfg.model, "model_config": to_dict(model_cfg), "train_config": to_dict(cfg),
             "best": state.best, "epochs": state.epoch, "global_step": state.global_step,
             "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
             "time_per_epoch_s": sum(epoch_times) / max(1, len(epoch_times)),
@@ -215,6 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "history": state.history,
         }
         report["val"] = state.best.get("val", {})
+        from multivae.artifact import known_from_split, save_model_dir
+
+        save_model_dir(out / MODEL_DIR, model, model_cfg, split.item_ids, known_from_split(split),
+                       metrics={"val": report["val"], "test": report["test"], "best": state.best, "epochs": state.epoch},
+                       command=command, dataset=to_dict(data_cfg), source_path=split.info.get("source_path"),
+                       train_config=to_dict(cfg))
+        report["model_dir"] = str(out / MODEL_DIR)
     try:
         atomic_write_json(metrics_path, report)
     except OSError as exc:
@@ -223,11 +428,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'':>6} {'NDCG@100':>9} {'Recall@20':>10} {'Recall@50':>10}")
     for name, r in (("val", val), ("test", test)):
         print(f"{name:>6} {r.get('ndcg@100', float('nan')):9.4f} {r.get('recall@20', float('nan')):10.4f} {r.get('recall@50', float('nan')):10.4f}")
-    if args.model != "popularity":
+    if kind != "popularity":
         print(f"best epoch {report['best']['epoch']} (beta {report['best']['kl_weight']:.4f}), "
               f"{report['time_per_epoch_s']:.3f} s/epoch train, {report['eval_time_per_epoch_s']:.3f} s/epoch validation")
-    print(f"wrote {metrics_path}")
+        print(f"wrote {metrics_path} and the model folder {out / MODEL_DIR} (python -m multivae.recommend --checkpoint {out} --user ...)")
+    else:
+        print(f"wrote {metrics_path}")
     return 0
+
+
+def cli() -> int:
+    """Console-script entry point (`multivae-train`)."""
+    from multivae.errors import run_cli
+
+    return run_cli(main, prog="multivae.train")
 
 
 if __name__ == "__main__":

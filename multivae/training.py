@@ -224,7 +224,9 @@ def state_payload(state: TrainState, item_ids: np.ndarray | None = None, extra: 
         "global_step": state.global_step,
         "best": state.best,
         "history": state.history,
-        "rng": {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state()},
+        # CUDA's generators drive dropout and the eps noise on a GPU: without them a resumed run differs
+        "rng": {"numpy": state.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "extra": extra or {},
     }
     if item_ids is not None:
@@ -242,8 +244,10 @@ def configs_from_payload(payload: dict[str, Any], where: str) -> tuple[ModelConf
 
 
 def restore_state(path, n_items: int | None = None, device: str | None = None,
-                  train_config: TrainConfig | None = None) -> TrainState:
-    """Rebuild a TrainState from a checkpoint (optionally with a new train config, e.g. more epochs)."""
+                  train_config: TrainConfig | None = None, item_ids: np.ndarray | None = None) -> TrainState:
+    """Rebuild a TrainState from a checkpoint (optionally with a new train config, e.g. more epochs).
+
+    `item_ids`: the dataset's item columns; refused unless they are the checkpoint's, in the same order."""
     payload = load_checkpoint(path)
     where = str(path)
     model_cfg, cfg = configs_from_payload(payload, where)
@@ -253,6 +257,13 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
         cfg = dataclasses.replace(cfg, device=device)
     if n_items is not None and payload["n_items"] != n_items:
         raise UserError(f"{path}: checkpoint is for {payload['n_items']} items but the dataset has {n_items}")
+    if item_ids is not None and "item_ids" in payload:
+        ours, theirs = np.asarray(item_ids).astype(str), np.asarray(payload["item_ids"]).astype(str)
+        if len(ours) != len(theirs) or not np.array_equal(ours, theirs):
+            differ = int(np.flatnonzero(ours != theirs)[0]) if len(ours) == len(theirs) else min(len(ours), len(theirs))
+            shown = (f"column {differ} is item {theirs[differ]} in the checkpoint and {ours[differ]} in the dataset"
+                     if differ < min(len(ours), len(theirs)) else f"{len(theirs)} items in the checkpoint, {len(ours)} in the dataset")
+            raise UserError(f"{path}: the checkpoint was trained on another dataset or item catalogue ({shown})")
     state = init_state(payload["n_items"], model_cfg, cfg)
     try:
         state.model.load_state_dict(payload["model"])
@@ -263,6 +274,11 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
     state.best, state.best_model, state.history = dict(payload["best"]), payload["best_model"], list(payload["history"])
     state.rng.bit_generator.state = payload["rng"]["numpy"]
     torch.set_rng_state(payload["rng"]["torch"])
+    cuda_states = payload["rng"].get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        n = min(len(cuda_states), torch.cuda.device_count())
+        for i in range(n):
+            torch.cuda.set_rng_state(cuda_states[i], device=i)
     return state
 
 

@@ -120,3 +120,19 @@ def test_k_must_be_positive(trained):
     model, _, _ = load_model_for_inference(path)
     with pytest.raises(UserError, match="k must be >= 1"):
         top_k(model, sp.csr_matrix((1, split.n_items), dtype=np.float32), k=0)
+
+
+def test_an_older_run_without_a_model_folder_masks_heldout_items_too(tmp_path):
+    """A checkpoint file from before model folders: its cached split supplies the users, fold-in and target masked."""
+    from multivae.recommend import load
+
+    split = small_split()
+    split.save(tmp_path / "split.npz")
+    state = fit(split, ModelConfig(hidden_dims=(16,), latent_dim=8), TrainConfig(epochs=2, batch_size=100))
+    save_state(state, tmp_path / "checkpoint.pt", split.item_ids, extra={"split_path": str(tmp_path / "split.npz")})
+    df = load(tmp_path / "checkpoint.pt").recommend(users=split.test_user_ids.tolist(), k=10)
+    assert len(df) == 10 * len(split.test_user_ids)
+    for u, g in df.groupby("user"):
+        r = int(np.flatnonzero(split.test_user_ids == u)[0])
+        cols = set(np.flatnonzero(np.isin(split.item_ids, g["item"].to_numpy())))
+        assert not cols & (set(split.test_target[r].indices) | set(split.test_fold_in[r].indices))

@@ -174,9 +174,26 @@ def test_registry_urls_are_grouplens(data_env):
     assert all(len(a.md5) == 32 for n, a in dl.ARCHIVES.items() if n != "ml-latest-small")
 
 
-def test_no_checksum_no_download(tmp_path, data_env):
+def test_no_checksum_no_download(tmp_path, monkeypatch, data_env):
+    monkeypatch.setitem(dl.ARCHIVES, "ml-latest-small", dataclasses.replace(dl.ARCHIVES["ml-latest-small"], md5=None, sha256=None))
     with pytest.raises(UserError, match=r"ml-latest-small: no published checksum .* pass its folder as data_dir"):
         dl.download("ml-latest-small", tmp_path / "cache", verbose=False)
+
+
+def test_ml_latest_small_is_checked_by_its_sha256_alone(server, tmp_path, monkeypatch, data_env):
+    """ml-latest-small has a SHA-256 and no MD5: a zip that is not the genuine one is refused, deleted."""
+    root, base = server
+    (root / "movielens").mkdir()
+    fake = zip_bytes({"ml-latest-small/ratings.csv": b"userId,movieId,rating,timestamp\n1,1,4.0,0\n"})
+    (root / "movielens" / "ml-latest-small.zip").write_bytes(fake)
+    assert dl.ARCHIVES["ml-latest-small"].sha256 == "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436"
+    with pytest.raises(UserError, match=r"ml-latest-small\.zip: sha256 checksum mismatch \(expected 696d65a3"):
+        dl.download("ml-latest-small", tmp_path / "cache", base_url=base, verbose=False)
+    assert _files(tmp_path / "cache") == []
+    monkeypatch.setitem(dl.ARCHIVES, "ml-latest-small",
+                        dataclasses.replace(dl.ARCHIVES["ml-latest-small"], sha256=hashlib.sha256(fake).hexdigest()))
+    folder = dl.download("ml-latest-small", tmp_path / "cache", base_url=base, verbose=False)
+    assert (folder / "ratings.csv").read_bytes() == b"userId,movieId,rating,timestamp\n1,1,4.0,0\n"
 
 
 def test_find_local_accepts_the_folder_or_its_parent(tmp_path, fake_ml100k_dir):

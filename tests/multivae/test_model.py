@@ -61,7 +61,8 @@ def test_bernoulli_and_gaussian_hand_computed():
     sig = lambda v: 1 / (1 + math.exp(-v))
     bce = -(math.log(sig(0.0)) + math.log(1 - sig(2.0)) + math.log(sig(-1.0)))
     assert reconstruction_loss(logits, x, "bernoulli").item() == pytest.approx(bce, rel=1e-6)
-    assert reconstruction_loss(logits, x, "gaussian").item() == pytest.approx((1 - 0) ** 2 + 2.0 ** 2 + (1 + 1) ** 2)
+    # the paper's sum c/2 (x - f)^2 with c = 1
+    assert reconstruction_loss(logits, x, "gaussian").item() == pytest.approx(0.5 * ((1 - 0) ** 2 + 2.0 ** 2 + (1 + 1) ** 2))
 
 
 @pytest.mark.parametrize("likelihood", ["multinomial", "bernoulli", "gaussian"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from multivae.errors import UserError
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.training import (ADAM_KERNELS, REFERENCE_TOTAL_ANNEAL_EPOCHS, Callback, TrainConfig, best_model, fit, init_state, resolved_anneal_steps,
@@ -178,3 +179,28 @@ print(ok, sum(faults[10:]))
         got[mode] = int(out[1])
     assert got["default"] > 10 * 16_000, got               # each of the last 10 allocations faulted 64 MB in again
     assert got["keep"] < got["default"] / 20, got          # reused: almost no faults
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_continues_the_dropout_and_noise_stream(split, tmp_path):
+    """CUDA's generator (dropout masks, eps) is in the checkpoint: a resumed GPU run equals an uninterrupted one."""
+    cfg = TrainConfig(epochs=4, batch_size=100, anneal_steps=20, device="cuda", adam="foreach")
+    full = Recorder()
+    fit(split, SMALL, cfg, callback=full)
+    first = fit(split, SMALL, dataclasses.replace(cfg, epochs=2))
+    save_state(first, tmp_path / "c.pt", split.item_ids)
+    torch.cuda.manual_seed_all(12345)          # whatever CUDA's generator holds now must not matter
+    resumed = restore_state(tmp_path / "c.pt", n_items=split.n_items, train_config=cfg, item_ids=split.item_ids)
+    rest = Recorder()
+    fit(split, state=resumed, callback=rest)
+    # scatter-add order on the GPU moves the last bits; a restarted noise stream moves the loss by far more
+    assert [s["loss"] for s in rest.steps] == pytest.approx([s["loss"] for s in full.steps[-len(rest.steps):]], rel=1e-4)
+
+
+def test_resume_refuses_another_item_catalogue(split, tmp_path):
+    state = fit(split, SMALL, TrainConfig(epochs=1, batch_size=100))
+    save_state(state, tmp_path / "c.pt", split.item_ids)
+    restore_state(tmp_path / "c.pt", n_items=split.n_items, item_ids=split.item_ids)          # the same: fine
+    shuffled = split.item_ids[::-1].copy()
+    with pytest.raises(UserError, match=r"c\.pt: the checkpoint was trained on another dataset or item catalogue \(column 0 is item"):
+        restore_state(tmp_path / "c.pt", n_items=split.n_items, item_ids=shuffled)

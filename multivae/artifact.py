@@ -1,0 +1,207 @@
+"""The model a user keeps: one self-contained folder with everything `multivae.recommend` needs.
+
+    <dir>/model.json        format tag and version, model config, item and user counts, what the scores mean,
+                            the dataset config and source, the metrics, the command, the train config
+    <dir>/weights.pt        the model's state_dict (best-by-validation weights), read with weights_only=True
+    <dir>/interactions.npz  item ids, user ids and, as CSR (indptr, indices), every item each known user has:
+                            training rows, and fold-in *and* held-out target rows of validation and test users
+
+`multivae.train` writes `<out>/model/`; the search's final step writes `<experiment>/best_model/` with the
+same `save_model_dir`. Nothing here reads the processed-split cache, so deleting the cache (or moving the
+folder to another machine) keeps recommendations working.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from multivae.config import from_dict, to_dict
+from multivae.errors import UserError
+from multivae.files import atomic_write_bytes, atomic_write_json
+from multivae.model import ModelConfig, build_model
+
+FORMAT = "multivae-model"
+VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.pt"
+INTERACTIONS = "interactions.npz"
+# Where a model folder sits inside the folders users point at: a train run, a search experiment.
+MODEL_SUBDIRS = ("model", "best_model")
+
+
+@dataclass
+class ModelDir:
+    """A loaded model folder: the model in eval mode on the CPU, its ids and what each known user has."""
+
+    path: Path
+    model: torch.nn.Module
+    model_config: ModelConfig
+    item_ids: np.ndarray          # column j is original item id item_ids[j]
+    user_ids: np.ndarray          # row r of `known` is original user user_ids[r]
+    known: sp.csr_matrix          # users x items, binary: everything the data says each user has
+    meta: dict                    # the rest of model.json (metrics, dataset, command, ...)
+
+
+def known_from_split(split) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(user ids, rows) of every user of a `SplitData`: training rows, and for validation and test users
+    their fold-in and held-out target together (a recommendation must never return any of them)."""
+    users = np.concatenate([np.asarray(split.train_user_ids), np.asarray(split.val_user_ids), np.asarray(split.test_user_ids)])
+    rows = sp.vstack([split.train, split.val_fold_in + split.val_target, split.test_fold_in + split.test_target], format="csr")
+    rows.data[:] = 1.0     # fold-in and target are disjoint; this only guards against a 2 from overlap
+    rows.sort_indices()
+    return users, rows.astype(np.float32)
+
+
+def _plain_ids(ids: Any) -> np.ndarray:
+    """Ids as a numpy array savable without pickle: integers stay integers, anything else becomes str."""
+    arr = np.asarray(ids)
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        return arr.astype(str)
+    return arr
+
+
+def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], model_config: ModelConfig | Mapping,
+                   item_ids: Any, known: tuple[Any, sp.csr_matrix], metrics: Mapping | None = None, command: str | None = None, *,
+                   dataset: Mapping | None = None, source_path: str | None = None, train_config: Mapping | None = None,
+                   extra: Mapping | None = None) -> Path:
+    """Write the model folder `path` (replacing one that is there, only once the new one is complete).
+
+    model: the trained module or its state_dict (the best-by-validation weights); model_config: its config;
+    item_ids: original id of every item column; known: (user ids, CSR users x items), e.g. `known_from_split`;
+    metrics: what to record (validation/test metrics, best epoch); command: how it was trained;
+    dataset: the dataset config as a dict (lets `recommend` find MovieLens titles); source_path: the ratings file.
+    """
+    path = Path(path)
+    cfg = model_config if isinstance(model_config, ModelConfig) else from_dict(ModelConfig, model_config, where="model_config")
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    item_ids = _plain_ids(item_ids)
+    user_ids, rows = _plain_ids(known[0]), sp.csr_matrix(known[1])
+    if rows.shape != (len(user_ids), len(item_ids)):
+        raise ValueError(f"known rows are {rows.shape}, expected {len(user_ids)} users x {len(item_ids)} items")
+    build_model(len(item_ids), cfg).load_state_dict(state)   # the weights must fit the config: fail here, not at load
+    meta = {"format": FORMAT, "version": VERSION, "model_config": to_dict(cfg), "n_items": len(item_ids),
+            "n_users": len(user_ids), "n_interactions": int(rows.nnz), "score": score_meaning(cfg, len(item_ids)),
+            "dataset": dict(dataset) if dataset is not None else None, "source_path": source_path,
+            "train_config": dict(train_config) if train_config is not None else None,
+            "metrics": dict(metrics or {}), "command": command, "multivae_version": _version(), **dict(extra or {})}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
+    try:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(tmp / WEIGHTS, buf.getvalue())
+        buf = io.BytesIO()
+        np.savez_compressed(buf, item_ids=item_ids, user_ids=user_ids, indptr=rows.indptr.astype(np.int64),
+                            indices=rows.indices.astype(np.int32))
+        atomic_write_bytes(tmp / INTERACTIONS, buf.getvalue())
+        atomic_write_json(tmp / MODEL_JSON, meta)    # last: a folder with model.json is complete
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_into_place(new: Path, path: Path) -> None:
+    """Rename `new` to `path`; an old folder there is moved aside first and removed only afterwards."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(new, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _version() -> str:
+    from multivae.version import __version__
+
+    return __version__
+
+
+def score_meaning(cfg: ModelConfig, n_items: int) -> str:
+    """What the `score` column of a recommendation is, for the likelihood the model was trained with."""
+    if cfg.likelihood == "multinomial":
+        return f"probability: softmax of the model's logits over the whole catalogue of {n_items} items (sums to 1 over it)"
+    if cfg.likelihood == "bernoulli":
+        return "probability: sigmoid of the item's logit, the Bernoulli likelihood's chance that the user has the item"
+    return "predicted value: the Gaussian likelihood's mean for the 0/1 entry (a score for ranking, not a probability)"
+
+
+def find_model_dir(path: str | Path) -> Path | None:
+    """The model folder meant by `path`: the folder itself, or its `model/` (a train run) or `best_model/`
+    (a search experiment); None when there is none."""
+    path = Path(path)
+    if (path / MODEL_JSON).is_file():
+        return path
+    for sub in MODEL_SUBDIRS:
+        if (path / sub / MODEL_JSON).is_file():
+            return path / sub
+    return None
+
+
+def load_model_dir(path: str | Path) -> ModelDir:
+    """Read and check a model folder; every problem is one UserError line naming the file."""
+    import json
+
+    path = Path(path)
+    found = find_model_dir(path)
+    if found is None:
+        raise UserError(f"{path}: no model folder there (no {MODEL_JSON} in it or in {' or '.join(s + '/' for s in MODEL_SUBDIRS)})")
+    path = found
+    meta_path, weights_path, inter_path = path / MODEL_JSON, path / WEIGHTS, path / INTERACTIONS
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{meta_path}: not a readable model description ({exc.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path}: not a multivae model folder (no format tag {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise UserError(f"{meta_path}: model folder version {meta.get('version')!r} is not supported (expected {VERSION})")
+    cfg = from_dict(ModelConfig, meta.get("model_config"), where=f"{meta_path}:model_config")
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{weights_path}: file not found") from None
+    except Exception as exc:   # weights_only refusals and damaged files come as many exception types
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(f"{weights_path}: not readable as plain weights (weights_only=True): {first[:200]}") from None
+    try:
+        with np.load(inter_path, allow_pickle=False) as z:
+            item_ids, user_ids = z["item_ids"], z["user_ids"]
+            indptr, indices = z["indptr"], z["indices"]
+    except FileNotFoundError:
+        raise UserError(f"{inter_path}: file not found") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{inter_path}: not a readable interactions file ({exc.__class__.__name__})") from None
+    n_items = int(meta.get("n_items", -1))
+    if len(item_ids) != n_items or len(indptr) != len(user_ids) + 1 or (len(indices) and indices.max() >= n_items):
+        raise UserError(f"{inter_path}: holds {len(item_ids)} items and {len(user_ids)} users, which do not match "
+                        f"{meta_path} ({n_items} items) or its own rows")
+    model = build_model(n_items, cfg)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(f"{weights_path}: weights do not match the model config ({str(exc).splitlines()[0][:200]})") from None
+    known = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(user_ids), n_items))
+    return ModelDir(path, model.eval(), cfg, item_ids, user_ids, known, meta)
+
+
+__all__ = ["FORMAT", "INTERACTIONS", "MODEL_JSON", "VERSION", "WEIGHTS", "ModelDir", "find_model_dir", "known_from_split",
+           "load_model_dir", "save_model_dir", "score_meaning"]
