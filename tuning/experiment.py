@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from multivae.errors import UserError
-from multivae.files import atomic_write_text, dumps_json
+from multivae.files import atomic_write_bytes, atomic_write_text, dumps_json
 
 RUN_META = "tuning_run.json"          # how the run was started; --resume reads it back
 SPACE_COPY = "search_space.yaml"      # the space file as it was when the run started
@@ -117,16 +117,20 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8", errors="replace")
 
 
-def write_text(path: str, text: str) -> None:
+def write_bytes(path: str, data: bytes) -> None:
     """Atomically on a local disk (temporary file + rename); remote object stores replace an object whole."""
     local = local_path(path)
     if local is not None:
-        atomic_write_text(local, text)
+        atomic_write_bytes(local, data)
         return
     fs, p = _fs(path)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str, data: Any) -> None:
@@ -351,5 +355,5 @@ __all__ = [
     "BEST_CONFIG", "BEST_MODEL", "ExperimentLock", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
     "TrialRecord", "delete_dir", "exists", "is_dir", "join", "local_path", "lock_path", "parse_result_rows",
     "planned_epochs", "read_bytes", "read_json", "read_text", "read_trials", "rows_by_epoch", "status_counts", "storage_root",
-    "trial_status", "write_json", "write_text",
+    "trial_status", "write_bytes", "write_json", "write_text",
 ]

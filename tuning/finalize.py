@@ -79,7 +79,7 @@ def metrics_table(rows: list[tuple[str, dict]], metrics: Sequence[str]) -> str:
 
 
 def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, finalize_now: bool, resumed: bool,
-             fit_wall: float, t_start: float, dataset: dict[str, Any]) -> int:
+             fit_wall: float, t_start: float, dataset: dict[str, Any], command: Sequence[str] = ()) -> int:
     """Test the best trial and write the results; EXIT_INTERRUPTED (and nothing written) while trials remain
     unfinished, unless `finalize_now` (--finalize: test the best trial so far)."""
     metric, mode = space.search.metric, space.search.mode
@@ -118,6 +118,11 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": resumed,
         "finalized_early": bool(early and finalize_now),
     } | ({"note": note} if note else {})
+    model_dir = write_best_model(exp_path, state, split, dataset, metrics={"val": final["val"], "test": final["test"],
+                                                                       "popularity": final["popularity"],
+                                                                       "best_epoch": final["best_epoch"], "trial_id": best.trial_id},
+                                 command=f"python -m tuning.run {' '.join(command)}" if command else None)
+    summary["best_model"] = model_dir
     experiment.write_json(experiment.join(exp_path, experiment.RESULTS), summary)
     experiment.write_text(experiment.join(exp_path, experiment.BEST_CONFIG), best_config_yaml(space, best, final, best_value))
 
@@ -130,10 +135,32 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
           f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
     if note:
         print(f"note: {note}")
-    print(f"wrote {experiment.join(exp_path, experiment.RESULTS)} and {experiment.join(exp_path, experiment.BEST_CONFIG)}\n"
-          f"next: python -m tuning.report {exp_path}   |   tensorboard --logdir {exp_path}")
-    del state
+    print(f"wrote {experiment.join(exp_path, experiment.RESULTS)}, {experiment.join(exp_path, experiment.BEST_CONFIG)} and {model_dir}/\n"
+          f"next: python -m multivae.recommend --checkpoint {exp_path} --user <id>   |   python -m tuning.report {exp_path}"
+          f"   |   tensorboard --logdir {exp_path}")
     return 0
+
+
+def write_best_model(exp_path: str, state, split, dataset: dict[str, Any], metrics: dict[str, Any], command: str | None) -> str:
+    """The best trial's self-contained model folder `<experiment>/best_model/` (multivae.artifact): its best
+    weights, configs, item ids and every known user's interactions, so `multivae.recommend --checkpoint
+    <experiment>` works without the dataset's cache, on another machine."""
+    from multivae.artifact import known_from_split, save_model_dir
+    from multivae.files import jsonable
+
+    target = experiment.join(exp_path, experiment.BEST_MODEL)
+    args = dict(model=best_model(state), model_config=state.model_config, item_ids=split.item_ids, known=known_from_split(split),
+                metrics=jsonable(metrics), command=command, dataset=dataset, source_path=split.info.get("source_path"),
+                train_config=to_dict(state.train_config))
+    local = experiment.local_path(target)
+    if local is not None:
+        save_model_dir(local, **args)
+        return target
+    with tempfile.TemporaryDirectory(prefix="multivae-best-model-") as tmp:   # a remote storage: write, then upload
+        folder = save_model_dir(Path(tmp) / experiment.BEST_MODEL, **args)
+        for f in sorted(folder.iterdir()):
+            experiment.write_bytes(experiment.join(target, f.name), f.read_bytes())
+    return target
 
 
 def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any], best_value: float) -> str:
@@ -147,8 +174,8 @@ def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any
     return yaml.safe_dump(jsonable({
         "space": space.name, "trial_id": best.trial_id, f"best_{space.search.metric}": best_value,
         "best_epoch": final["best_epoch"], "beta_at_best": final["beta_at_best"],
-        "model": to_dict(model_cfg), "train": to_dict(train_cfg)}), sort_keys=False)
+        "dataset": to_dict(space.dataset), "model": to_dict(model_cfg), "train": to_dict(train_cfg)}), sort_keys=False)
 
 
 __all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "evaluate_trial", "finalize", "metrics_table", "pick_best",
-           "read_search", "trials_table"]
+           "read_search", "trials_table", "write_best_model"]

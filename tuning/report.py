@@ -371,5 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The `multivae-report` console script."""
+    return run_cli(main, prog="multivae-report")
+
+
 if __name__ == "__main__":
     sys.exit(run_cli(main, prog="python -m tuning.report"))

@@ -67,7 +67,7 @@ def _parser() -> ArgParser:
                    "far on the test users and write results.json (for a search stopped early)")
     o.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun errored trials from their last checkpoint")
     o.add_argument("--overwrite", action="store_true", help="delete an existing experiment of that name first")
-    o.add_argument("--quiet", action="store_true", help="no progress lines and no trial logs")
+    o.add_argument("--quiet", action="store_true", help="no progress lines, no trial logs, no INFO or WARNING lines of Ray")
     return p
 
 
@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
             print(f"stopped by SIGTERM; the experiment is saved. Continue it with: {plan.resume_cmd}", file=sys.stderr)
             return EXIT_TERMINATED
         return finalize(plan.space, split, exp_path=plan.exp_path, resume_cmd=plan.resume_cmd, finalize_now=args.finalize,
-                        resumed=bool(args.resume), fit_wall=fit_wall, t_start=t_start, dataset=to_dict(plan.space.dataset))
+                        resumed=bool(args.resume), fit_wall=fit_wall, t_start=t_start, dataset=to_dict(plan.space.dataset),
+                        command=plan.meta.get("argv") or ())
     except KeyboardInterrupt:
         if not term.received:
             raise

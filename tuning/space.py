@@ -22,6 +22,7 @@ parsed): a trial's worker, which only decodes its config, imports neither.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -39,7 +40,7 @@ from multivae.metrics import parse_metric
 from multivae.model import ModelConfig
 from multivae.training import TrainConfig
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_DIR = Path(importlib.util.find_spec("search_spaces").origin).resolve().parent   # shipped with the package
 
 SECTIONS = ("description", "dataset", "fixed", "params", "search", "scheduler", "resources", "checkpoint")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))

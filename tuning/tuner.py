@@ -6,6 +6,7 @@ must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import to keep every connection 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -27,15 +28,19 @@ def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
     runs Ray (it is then left running)."""
     if ray.is_initialized():
         return False
+    if quiet:   # Ray's and Tune's INFO and WARNING lines (start-up, token auth, result files) stay out of the console
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    level = {"logging_level": logging.ERROR} if quiet else {}
     if address:
         try:
-            ray.init(address=address, log_to_driver=not quiet)
+            ray.init(address=address, log_to_driver=not quiet, **level)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             hint = "" if os.environ.get("RAY_AUTH_MODE") else "; a cluster with token authentication needs RAY_AUTH_MODE=token"
             raise UserError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}{hint})") from None
     else:
         # address="local": a new Ray of our own, never one that `ray start` left running on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet, **level)
     return True
 
 
