@@ -136,10 +136,10 @@ def timed(original, events_path: str):
     and the worker process's CPU seconds then (CPU time, unlike wall time, does not grow when other
     processes take the cores)."""
 
-    def train_multivae(config, split=None, checkpoint_every=1, checkpoint_epochs=()):
+    def train_multivae(config, split=None, **options):   # options: what tuning.tuner passes on (checkpoints, searched)
         enter, cpu_enter = time.time(), process_cpu_s()
         try:
-            original(config, split=split, checkpoint_every=checkpoint_every, checkpoint_epochs=checkpoint_epochs)
+            original(config, split=split, **options)
         finally:
             with open(events_path, "a") as f:
                 f.write(json.dumps({"trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "enter": enter,

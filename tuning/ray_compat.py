@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,66 @@ def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str 
 
 
 __all__ = [
-    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
+    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "optuna_search_class", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
     "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
     "set_stale_decision_in_snapshot", "snapshot_trial_states", "trial_working_dir",
 ]
+
+
+def optuna_search_class():
+    """OptunaSearch told the right thing (built here: it reaches into OptunaSearch's `_ot_trials`, `_ot_study`
+    and `_completed_trials`, Ray 2.60's names).
+
+    Ray's OptunaSearch tells the study a trial's *last* reported value, and a trial a scheduler stopped at a
+    rung as COMPLETE: TPE then reads a trial stopped at epoch 2 as a finished bad configuration, and a trial
+    whose best epoch came before its last is under-rated. This one tells the best value over the trial's epochs
+    (`objective="best"`, the model the trial keeps; "last" keeps Ray's behaviour), marks a trial that ended
+    before its planned epochs PRUNED (its per-epoch values stay as intermediate values, which TPE ranks pruned
+    trials by), and records the Tune trial id on each Optuna trial (`tune_trial_id`)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class RightSignalOptunaSearch(OptunaSearch):
+        def __init__(self, *args: Any, objective: str = "best", planned_epochs: int | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._objective, self._planned = objective, planned_epochs
+            self._best: dict[str, float] = {}
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._completed_trials or self.metric not in result or trial_id not in self._ot_trials:
+                return
+            value = float(result[self.metric])
+            self._ot_trials[trial_id].report(value, int(result.get("epoch", result.get("training_iteration", 0))))
+            if math.isfinite(value):
+                old = self._best.get(trial_id)
+                better = old is None or (value > old if self.mode == "max" else value < old)
+                self._best[trial_id] = value if better else old
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            if result and self.metric in result:
+                self.on_trial_result(trial_id, result)
+            ot_trial = self._ot_trials[trial_id]
+            epoch = (result or {}).get("epoch")
+            last = (result or {}).get(self.metric)
+            value = self._best.get(trial_id) if self._objective == "best" else last
+            if error:
+                state, value = optuna.trial.TrialState.FAIL, None
+            elif value is None or (self._planned is not None and isinstance(epoch, int) and epoch < self._planned):
+                state, value = optuna.trial.TrialState.PRUNED, None   # stopped before its planned epochs
+            else:
+                state = optuna.trial.TrialState.COMPLETE
+            try:
+                self._ot_study.tell(ot_trial, value, state=state)
+            except Exception as exc:  # noqa: BLE001 - as Ray does: e.g. a NaN value
+                log.warning("Optuna refused trial %s's result: %s", trial_id, exc)
+            self._completed_trials.add(trial_id)
+
+    return RightSignalOptunaSearch

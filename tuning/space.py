@@ -34,7 +34,7 @@ from typing import Any, Literal, Mapping, NoReturn, Union, get_args, get_origin,
 
 from multivae.config import from_dict, to_dict
 from multivae.data import DatasetConfig
-from multivae.errors import UserError, one_line
+from multivae.errors import UserError, one_line, short_repr
 from multivae.yamlfile import load_yaml_file
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig
@@ -60,6 +60,7 @@ DISTRIBUTION_KEYS = {
 }
 SCHEDULER_KEYS = {"asha": ("type", "max_t", "grace_period", "reduction_factor"), "fifo": ("type",)}
 HIGHER_IS_BETTER = ("ndcg", "recall")   # every validation metric the trials report
+OBJECTIVES = ("best", "last")   # search.objective: a trial's best epoch's value (the model it keeps), or its last
 
 
 # --- the typed objects --------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class SearchSettings:
     metric: str = "ndcg@100"
     mode: str = "max"
     points_to_evaluate: tuple[dict, ...] = ()  # searcher-space values: list choices encoded (see the module doc)
+    objective: str = "best"                    # what Optuna is told of a trial: its best epoch's value, or its last
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,10 @@ def _search(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg: Tr
     if not isinstance(points, list):
         p.fail(f"search.points_to_evaluate must be a list of mappings, got {points!r}")
     encoded = tuple(p.point(i, point, params) for i, point in enumerate(points))
-    return SearchSettings(num_samples, max_concurrent, seed, metric, mode, encoded)
+    objective = d.get("objective", default.objective)
+    if objective not in OBJECTIVES:
+        p.fail(f"search.objective must be one of {', '.join(OBJECTIVES)}, got {short_repr(objective)}")
+    return SearchSettings(num_samples, max_concurrent, seed, metric, mode, encoded, objective)
 
 
 def _scheduler(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg: TrainConfig) -> SchedulerSettings:

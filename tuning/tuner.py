@@ -15,7 +15,6 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from multivae.errors import UserError
 from tuning import experiment, ray_compat, trainable
@@ -95,9 +94,10 @@ def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: 
         scheduler = FIFOScheduler()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
-    searcher = OptunaSearch(space=dict(space.params), metric=search.metric, mode=search.mode,
-                            sampler=optuna.samplers.TPESampler(seed=search.seed),
-                            points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None, **study)
+    searcher = ray_compat.optuna_search_class()(
+        space=dict(space.params), metric=search.metric, mode=search.mode, objective=search.objective,
+        planned_epochs=sched.max_t if sched.type == "asha" else None, sampler=optuna.samplers.TPESampler(seed=search.seed),
+        points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None, **study)
     progress = [] if quiet else [ProgressLine(search.metric, sched.max_t if sched.type == "asha" else None, search.num_samples)]
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=0,

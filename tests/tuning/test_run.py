@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from ray import tune
@@ -91,18 +92,36 @@ def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
         assert [p for p in d.rglob("events.out.tfevents*") if p.parent != d / SUBDIR] == []
 
 
-def test_optuna_storage_records_the_study(smoke_experiment):
+def test_optuna_study_results_json_and_report_agree_on_every_trial(smoke_experiment, tmp_path):
+    """Optuna is told each trial's best epoch (search.objective: best), trials ASHA stopped are PRUNED with
+    their per-epoch values, each Optuna trial names its Tune trial; the study, results.json and the report agree."""
     import optuna
 
+    from tuning import report
+
     study = optuna.load_study(study_name=smoke_experiment.path.name, storage=smoke_experiment.optuna_db)
-    trials = study.trials
-    assert len(trials) == smoke_experiment.results["trials"]["total"]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert all(t.intermediate_values for t in trials)   # one value per epoch reported before the end
+    res = smoke_experiment.results
+    table = {r["trial_id"]: r for r in res["trials_table"]}
+    assert len(study.trials) == res["trials"]["total"] == len(table)
     first = smoke_space().search.points_to_evaluate[0]
-    assert trials[0].params == first                     # the space's first point is the first trial
-    # Optuna is told each trial's last reported value; the best trial is picked by its best epoch, never lower
-    assert 0.0 < study.best_value <= smoke_experiment.results["best_trial"]["best_ndcg@100"]
+    assert study.trials[0].params == first                     # the space's first point is the first trial
+    assert report.main([str(smoke_experiment.path), "--out", str(tmp_path / "report")]) == 0
+    board = {r["trial_id"]: r for r in pd.read_csv(tmp_path / "report" / "leaderboard.csv").to_dict("records")}
+    pruned = 0
+    for t in study.trials:
+        tid = t.user_attrs["tune_trial_id"]
+        row = table[tid]
+        assert t.intermediate_values and max(t.intermediate_values) == row["epochs"]   # one value per epoch
+        assert max(t.intermediate_values.values()) == pytest.approx(row["best_ndcg@100"], abs=0)
+        assert board[tid]["best_ndcg@100"] == pytest.approx(row["best_ndcg@100"], rel=1e-12)
+        if row["status"] == "stopped_by_asha":
+            assert t.state == optuna.trial.TrialState.PRUNED and t.value is None, tid
+            pruned += 1
+        else:
+            assert row["status"] == "completed" and t.state == optuna.trial.TrialState.COMPLETE, tid
+            assert t.value == row["best_ndcg@100"], tid             # the best epoch's value, not the last
+    assert pruned == res["trials"]["stopped_by_asha"] > 0
+    assert study.best_value == res["best_trial"]["best_ndcg@100"]
 
 
 def test_refuses_an_existing_experiment_without_resume(smoke_experiment, capsys):

@@ -536,3 +536,10 @@ def test_parse_space_names_its_source():
         parse_space({"params": {"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, "search": {"num_samples": 0}},
                     "somewhere/else.yaml")
 
+
+
+def test_search_objective_is_best_by_default_and_checked():
+    assert load_space("smoke").search.objective == "best"
+    assert _space({"lr": {"type": "uniform", "low": 0.001, "high": 0.01}}, search={"objective": "last"}).search.objective == "last"
+    with pytest.raises(UserError, match=r"^inline\.yaml: search\.objective must be one of best, last, got 'median'$"):
+        _space({"lr": {"type": "uniform", "low": 0.001, "high": 0.01}}, search={"objective": "median"})

@@ -63,7 +63,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def recording_trainable(original, events_path: str):
     """`original` (train_multivae) with a start and an end record per trial process in `events_path`."""
 
-    def train_multivae(config, split=None, checkpoint_every=1, checkpoint_epochs=()):
+    def train_multivae(config, split=None, **options):   # options: what tuning.tuner passes on (checkpoints, searched)
         ctx, rt = tune.get_context(), ray.get_runtime_context()
         restored = None
         ckpt = tune.get_checkpoint()
@@ -79,7 +79,7 @@ def recording_trainable(original, events_path: str):
                                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
         status = "error"
         try:
-            original(config, split=split, checkpoint_every=checkpoint_every, checkpoint_epochs=checkpoint_epochs)
+            original(config, split=split, **options)
             status = "returned"
         finally:
             append_jsonl(events_path, {**base, "event": "end", "time": time.time(), "status": status})
