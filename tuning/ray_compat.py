@@ -180,6 +180,11 @@ def check_snapshot(exp_path: str) -> None:
                         f"{exp_path}` lists the trials; `--resume --finalize` tests the best of them") from None
 
 
+def quiet_checkpoint_logs() -> None:
+    """Inside a trial: Ray 2.60 logs an INFO line per checkpoint upload from `ray.train._internal.storage`."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
 def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:
     """Tune's last recorded status of each trial (`PENDING`, `RUNNING`, `PAUSED`, `TERMINATED`, `ERROR`) by
     trial id, read from the newest `experiment_state-*.json` (Ray's own file format, plain JSON); None when
@@ -214,7 +219,7 @@ def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str 
 
 
 __all__ = [
-    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "optuna_search_class", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
+    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "optuna_search_class", "quiet_checkpoint_logs", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
     "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
     "set_stale_decision_in_snapshot", "snapshot_trial_states", "trial_working_dir",
 ]

@@ -120,6 +120,13 @@ def infer_distributions(trials: list[Trial], names: Sequence[str] | None = None)
     return out
 
 
+def _within(dist: Any, v: Any) -> bool:
+    """Whether `v` is a value of the Optuna distribution `dist`."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return v in dist.choices
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and dist.low <= v <= dist.high
+
+
 def param_importances(trials: list[Trial], distributions: dict[str, Any], metric: str, mode: str) -> dict[str, float]:
     """Optuna's importances on a study rebuilt from the trials (value: each trial's best `metric`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -135,9 +142,7 @@ def param_importances(trials: list[Trial], distributions: dict[str, Any], metric
             v = t.config[k]
             if isinstance(dist, optuna.distributions.CategoricalDistribution) and v not in dist.choices:
                 v = str(v)
-            try:
-                dist._contains(dist.to_internal_repr(v))
-            except Exception:  # noqa: BLE001 - a value outside the distribution: leave the parameter out
+            if not _within(dist, v):   # a value outside the distribution (the space changed): leave it out
                 continue
             params[k], dists[k] = v, dist
         if params:

@@ -24,7 +24,7 @@ from ray import tune
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
-from tuning.ray_compat import trial_working_dir
+from tuning.ray_compat import quiet_checkpoint_logs, trial_working_dir
 from tuning.space import split_trial_config
 from tuning.tblog import TrialWriter
 
@@ -86,7 +86,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     checkpoint at (the ASHA rungs), on top of every `checkpoint_every` epochs and the last one."""
     if split is None:
         raise ValueError("train_multivae needs the dataset: tune.with_parameters(train_multivae, split=split)")
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)   # a line per checkpoint otherwise
+    quiet_checkpoint_logs()
     ctx = tune.get_context()
     trial = ctx.get_trial_name() or "trial"
     model_cfg, cfg = split_trial_config(config, where=f"trial {trial}")
