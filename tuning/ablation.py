@@ -33,10 +33,12 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -49,15 +51,6 @@ from multivae.model import MultiVAE, build_model, kl_divergence
 from multivae.training import batches_per_epoch, configs_from_payload
 from tuning.experiment import RESULTS, RUN_META, SPACE_COPY
 
-KINDS = ("likelihood", "annealing", "inference", "input", "budget")
-# The settings each kind varies besides the seed (None: any; the budget ablation compares searched models).
-FACTORS: dict[str, tuple[str, ...] | None] = {
-    "likelihood": ("likelihood",),
-    "annealing": ("anneal_cap", "anneal_steps"),
-    "inference": ("anneal_cap", "anneal_steps"),
-    "input": ("normalize_input", "dropout"),
-    "budget": None,
-}
 NOT_SETTINGS = ("seed", "device", "threads")   # never part of a level
 N_SAMPLES = 10                                 # draws of z for the averaged ranking
 INFERENCE_MODES = {"mu": "z = mu", "sample": "z sampled (1 draw)", "mean10": "mean of 10 draws"}
@@ -68,11 +61,17 @@ MEASURES = ("ndcg@100", "recall@20", "recall@50", "kl_end", "kl_weight_end", "kl
 
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value) of the finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if not v.size:
-        return {"mean": None, "std": None, "n": 0, "values": list(values)}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
-            "values": [float(x) for x in v]}
+    values = list(values)
+    v = pd.Series(values, dtype="float64")   # None: NaN
+    v = v[np.isfinite(v)]
+    if v.empty:
+        return {"mean": None, "std": None, "n": 0, "values": values}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v), "values": v.tolist()}
+
+
+def seed_stats(per_seed: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """`mean_std` of each column of a frame with one row per seed (dtype object: a missing value stays None)."""
+    return {c: mean_std(per_seed[c]) for c in per_seed.columns}
 
 
 # --- an experiment's trials ---------------------------------------------------------------------------
@@ -130,7 +129,7 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def select_trials(main: list[TrialRun], also: list[TrialRun], kind: str) -> tuple[list[TrialRun], list[str]]:
     """`main` (which must differ only in the kind's factors) plus the trials of `also` that match it elsewhere."""
-    factors = FACTORS[kind]
+    factors = KINDS[kind].factors
     if factors is None:   # any settings may differ: `also` adds seeds to the levels of `main`
         levels = [t.settings for t in main]
         kept = [t for t in also if t.settings in levels]
@@ -210,50 +209,29 @@ def measure(trial: TrialRun, split, metrics: Sequence[str] = DEFAULT_METRICS, sa
 
 # --- levels: trials grouped by settings, aggregated over seeds ---------------------------------------------
 
-def level_label(kind: str, s: dict[str, Any], n_train_users: int, beta_star: float | None = None) -> str:
-    if kind in ("annealing", "inference"):
-        cap, steps = s["anneal_cap"], s["anneal_steps"]
-        if steps == 0:
-            return f"β = {cap:g} fixed"
-        if beta_star is not None and math.isclose(cap, beta_star):
-            return f"annealed to β* = {cap:g}"
-        total = s["epochs"] * batches_per_epoch(n_train_users, s["batch_size"])
-        end = min(cap, cap * total / steps)
-        return f"annealed to {cap:g}" if end >= cap else f"annealed toward {cap:g} (β reaches {end:.3f})"
-    if kind == "likelihood":
-        return s["likelihood"]
-    if kind == "input":
-        return f"L2 norm {'on' if s['normalize_input'] else 'off'}, dropout {s['dropout']:g}"
-    return f"Mult-{s['model'].upper()} (lr {s['lr']:.2g}, dropout {s['dropout']:.2f})"
-
-
-LEVEL_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {   # the table's row order (else: first appearance)
-    "likelihood": lambda s: ("multinomial", "bernoulli", "gaussian").index(s["likelihood"]),
-    "input": lambda s: (not s["normalize_input"], s["dropout"]),
-    "budget": lambda s: s["model"] != "vae",
-}
-
-
 def group_levels(trials: list[TrialRun], kind: str | None = None) -> list[list[TrialRun]]:
     """Trials with equal settings, each level sorted by seed; levels in the kind's order, else as they come."""
     levels: dict[str, list[TrialRun]] = {}
     for t in trials:
         levels.setdefault(json.dumps(t.settings, sort_keys=True), []).append(t)
     out = [sorted(ts, key=lambda t: t.seed) for ts in levels.values()]
-    return sorted(out, key=lambda ts: LEVEL_ORDER[kind](ts[0].settings)) if kind in LEVEL_ORDER else out
+    order = KINDS[kind].order if kind in KINDS else None
+    return sorted(out, key=lambda ts: order(ts[0].settings)) if order else out
 
 
 def aggregate(level: list[TrialRun], metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, Any]:
     """Mean and sample std over the seeds of a level, of every measure the trials have."""
     ms = [t.measures for t in level]
-    out: dict[str, Any] = {k: mean_std([m[k] for m in ms]) for k in MEASURES if all(k in m for m in ms)}
+    shared = [k for k in MEASURES if all(k in m for m in ms)]
+    out: dict[str, Any] = seed_stats(pd.DataFrame([{k: m[k] for k in shared} for m in ms], columns=shared, dtype=object))
     for mode in ("sample", "mean10"):
         if all(mode in m for m in ms):
-            out[mode] = {k: mean_std([m[mode][k] for m in ms]) for k in metrics}
+            out[mode] = seed_stats(pd.DataFrame([m[mode] for m in ms], columns=list(metrics), dtype=object))
     if all(m.get("quintiles") for m in ms):
         q0 = ms[0]["quintiles"]
+        by_group = seed_stats(pd.DataFrame([[g["mean"] for g in m["quintiles"]] for m in ms], dtype=object))
         out["quintiles"] = [{**{k: q0[g][k] for k in ("group", "users", "min_size", "max_size")},
-                             "ndcg@100": mean_std([m["quintiles"][g]["mean"] for m in ms])} for g in range(len(q0))]
+                             "ndcg@100": by_group[g]} for g in range(len(q0))]
     curves = [m["curves"] for m in ms]
     n = min(len(c["ndcg@100"]) for c in curves)
     out["curves"] = {k: np.mean([c[k][:n] for c in curves], axis=0).tolist() for k in curves[0]}
@@ -279,7 +257,7 @@ def beta_star(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
             "stage2": {"anneal_cap": cap, "anneal_steps": round(cap / slope)}}
 
 
-# --- the report -----------------------------------------------------------------------------------------
+# --- the report: shared helpers -------------------------------------------------------------------------
 
 def fmt(stat: dict[str, Any] | None, digits: int = 4) -> str:
     if not stat or stat.get("mean") is None:
@@ -289,66 +267,246 @@ def fmt(stat: dict[str, Any] | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+def table(frame: pd.DataFrame) -> str:
+    """A markdown table of `frame`'s cells (already text) under its column names."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in frame.itertuples(index=False, name=None))])
+
+
+def metric_header(metric: str) -> str:
+    return metric.replace("ndcg", "NDCG").replace("recall", "Recall")
+
+
+def level_frame(result: dict[str, Any], extra: Sequence[tuple[str, str, int]] = ()) -> pd.DataFrame:
+    """One row per level: its label, seeds and test metrics, then each `extra` (header, measure, digits)."""
+    metrics = result["metrics"]
+    rows = [[lv["label"], str(s["ndcg@100"]["n"]), *(fmt(s[m]) for m in metrics), *(fmt(s.get(k), d) for _, k, d in extra)]
+            for lv in result["levels"] for s in [lv["summary"]]]
+    return pd.DataFrame(rows, columns=["level", "seeds", *map(metric_header, metrics), *(h for h, _, _ in extra)])
+
+
+def bars(ax, series: list[tuple[str, list[dict]]], groups: list[str], title: str, ylabel: str) -> None:
+    """Grouped bars: one group per entry of `groups`, one bar per series (mean ± std, seeds as dots)."""
+    width = 0.8 / len(series)
+    for i, (name, stats) in enumerate(series):
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        means = [s["mean"] if s and s.get("mean") is not None else np.nan for s in stats]
+        stds = [s["std"] if s and s.get("std") is not None else 0 for s in stats]
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=name, color=f"C{i}", alpha=0.85)
+        for xi, s in zip(x, stats):
+            if s and s.get("values"):
+                ax.plot([xi] * len(s["values"]), s["values"], "k.", ms=3)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def zoom(ax, values: list[float], pad: float = 0.15) -> None:
+    lo, hi = min(values), max(values)
+    ax.set_ylim(max(0.0, lo - pad * (hi - lo + 1e-3) - 0.02), hi + pad * (hi - lo + 1e-3) + 0.01)
+
+
+# --- the kinds: each one's level names, table and plot ------------------------------------------------------
+
+def metrics_plot(plt, result: dict[str, Any], title: str):
+    """Grouped bars of the test metrics, a bar per level (and the popularity baseline when there is one)."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    metrics = result["metrics"]
+    series = [(lv["label"], [lv["summary"][m] for m in metrics]) for lv in result["levels"]]
+    if result.get("popularity"):
+        series.append(("popularity", [{"mean": result["popularity"][m], "std": 0.0, "values": []} for m in metrics]))
+    bars(ax, series, [metric_header(m) for m in metrics], f"{title}: test metrics (mean ± std over seeds)", "test")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def likelihood_table(result: dict[str, Any]) -> str:
+    return table(level_frame(result, [("val NDCG@100", "val_ndcg@100", 4), ("best epoch", "best_epoch", 1),
+                                      ("KL at end (train)", "kl_end", 1)]))
+
+
+def annealing_label(s: dict[str, Any], n_train_users: int, beta_star: float | None = None) -> str:
+    cap, steps = s["anneal_cap"], s["anneal_steps"]
+    if steps == 0:
+        return f"β = {cap:g} fixed"
+    if beta_star is not None and math.isclose(cap, beta_star):
+        return f"annealed to β* = {cap:g}"
+    total = s["epochs"] * batches_per_epoch(n_train_users, s["batch_size"])
+    end = min(cap, cap * total / steps)
+    return f"annealed to {cap:g}" if end >= cap else f"annealed toward {cap:g} (β reaches {end:.3f})"
+
+
+def annealing_table(result: dict[str, Any]) -> str:
+    body = table(level_frame(result, [
+        ("KL at end (train)", "kl_end", 1), ("β at end", "kl_weight_end", 3), ("active units (of 200)", "active_units", 1),
+        ("mean var(mu)", "mean_variance", 4), ("best epoch", "best_epoch", 1), ("β at best", "beta_at_best", 3)]))
+    bs = result.get("beta_star")
+    if bs:
+        body += (f"\n\nβ* (paper's recipe) from '{bs['level']}': the seed-averaged validation NDCG@100 peaks at epoch "
+                 f"{bs['epoch']} ({bs['val_ndcg@100']:.4f}) where β = {bs['beta']:.4f} (per seed β at the best epoch: "
+                 f"{', '.join(f'{b:.3f}' for b in bs['per_seed_beta_at_best'])}); stage 2 retrains with anneal_cap "
+                 f"{bs['stage2']['anneal_cap']}, anneal_steps {bs['stage2']['anneal_steps']} (the same slope, rounded).")
+    return body
+
+
+def annealing_plot(plt, result: dict[str, Any]):
+    """Validation NDCG@100 and KL per epoch, and the active units, of each level."""
+    levels = result["levels"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    for i, lv in enumerate(levels):
+        c = lv["summary"]["curves"]
+        ep = np.arange(1, len(c["ndcg@100"]) + 1)
+        style = dict(color=f"C{i}", ls=("-", "--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))[i % 5],
+                     lw=max(0.8, 2.8 - 0.45 * i), label=lv["label"])
+        axes[0].plot(ep, c["ndcg@100"], **style)   # dashes: the annealed runs coincide until one stops rising
+        axes[1].plot(ep, c["kl"], **style)
+    axes[0].set(title="validation NDCG@100 (mean over seeds)", xlabel="epoch", ylabel="NDCG@100")
+    tails = [v for lv in levels for v in lv["summary"]["curves"]["ndcg@100"][len(ep) // 10:]]
+    axes[0].set_ylim(min(tails) - 0.01, max(tails) + 0.005)   # the first epochs' climb would flatten the rest
+    axes[1].set(title="KL term (training batches, unweighted)", xlabel="epoch", ylabel="KL", yscale="log")
+    axes[0].legend(fontsize=7)
+    x = np.arange(len(levels))
+    au = [lv["summary"]["active_units"] for lv in levels]
+    axes[2].bar(x, [a["mean"] for a in au], yerr=[a["std"] for a in au], capsize=3,
+                color=[f"C{i}" for i in range(len(levels))])
+    dims = levels[0]["per_seed"][0].get("latent_dim") or levels[0]["settings"]["latent_dim"]
+    for xi, lv in zip(x, levels):
+        axes[2].text(xi, 0.02 * dims, (f"test NDCG\n{lv['summary']['ndcg@100']['mean']:.3f}\nmean var\n"
+                                       f"{lv['summary']['mean_variance']['mean']:.3f}"), ha="center", fontsize=8)
+    axes[2].set_xticks(x, [textwrap.fill(lv["label"], 14) for lv in levels], fontsize=7)
+    axes[2].set_ylim(0, dims)
+    axes[2].set(title="active units (var of mu over test users > 0.01)", ylabel=f"of {dims}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def inference_table(result: dict[str, Any]) -> str:
+    metrics = result["metrics"]
+    rows = [[lv["label"], name, str(s["ndcg@100"]["n"]), *(fmt(src.get(m)) for m in metrics)]
+            for lv in result["levels"] for s in [lv["summary"]]
+            for mode, name in INFERENCE_MODES.items() for src in [s if mode == "mu" else s.get(mode, {})]]
+    return table(pd.DataFrame(rows, columns=["level", "inference", "seeds", *map(metric_header, metrics)]))
+
+
+def inference_plot(plt, result: dict[str, Any]):
+    """Test NDCG@100 of each level with z = mu, one sampled z and the mean of 10 draws."""
+    levels = result["levels"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    series = [(name, [lv["summary"]["ndcg@100"] if mode == "mu" else lv["summary"].get(mode, {}).get("ndcg@100")
+                      for lv in levels]) for mode, name in INFERENCE_MODES.items()]
+    bars(ax, series, [lv["label"].replace(" (", "\n(") for lv in levels], "z = mu vs sampled z at inference",
+         "test NDCG@100")
+    zoom(ax, [s["mean"] for _, ss in series for s in ss if s and s.get("mean") is not None])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def input_table(result: dict[str, Any]) -> str:
+    levels = result["levels"]
+    q = next((lv["summary"]["quintiles"] for lv in levels if lv["summary"].get("quintiles")), None) or []
+    frame = level_frame(result)
+    for i, g in enumerate(q):
+        frame[f"NDCG@100 Q{g['group']} ({g['min_size']}–{g['max_size']} items)"] = [
+            fmt(lv["summary"]["quintiles"][i]["ndcg@100"]) for lv in levels]
+    return table(frame) + ("\n\nQuintiles: the test users ranked by fold-in size (ties in user order), cut into 5 groups "
+                           f"of {q[0]['users'] if q else '?'} users; NDCG@100 averaged inside each group, then over seeds.")
+
+
+def input_plot(plt, result: dict[str, Any]):
+    """Test NDCG@100 per activity quintile with normalization on and off, and their difference, per dropout."""
+    levels = result["levels"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    q = levels[0]["summary"]["quintiles"]
+    qx = np.arange(1, len(q) + 1)
+    qlabels = [f"Q{g['group']}\n{g['min_size']}–{g['max_size']}" for g in q]
+    dropouts = sorted({lv["settings"]["dropout"] for lv in levels})
+    by = {(lv["settings"]["normalize_input"], lv["settings"]["dropout"]): lv for lv in levels}
+    for ax, norm in zip(axes[:2], (True, False)):
+        for i, d in enumerate(dropouts):
+            lv = by.get((norm, d))
+            if lv is None:
+                continue
+            m = [g["ndcg@100"]["mean"] for g in lv["summary"]["quintiles"]]
+            s = [g["ndcg@100"]["std"] for g in lv["summary"]["quintiles"]]
+            ax.errorbar(qx, m, yerr=s, capsize=3, marker="o", color=f"C{i}", label=f"dropout {d:g}")
+        ax.set(title=f"L2 normalization {'on' if norm else 'off'}", xlabel="activity quintile (fold-in items)",
+               ylabel="test NDCG@100")
+        ax.set_xticks(qx, qlabels, fontsize=8)
+    lo = min(min(ax.get_ylim()[0] for ax in axes[:2]), 1)
+    hi = max(ax.get_ylim()[1] for ax in axes[:2])
+    for ax in axes[:2]:
+        ax.set_ylim(lo, hi)
+        ax.legend(fontsize=8)
+    for i, d in enumerate(dropouts):
+        on, off = by.get((True, d)), by.get((False, d))
+        if on and off:
+            diff = [a["ndcg@100"]["mean"] - b["ndcg@100"]["mean"] for a, b in zip(on["summary"]["quintiles"],
+                                                                               off["summary"]["quintiles"])]
+            axes[2].plot(qx, diff, marker="o", color=f"C{i}", label=f"dropout {d:g}")
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].set(title="normalization on − off", xlabel="activity quintile", ylabel="Δ test NDCG@100")
+    axes[2].set_xticks(qx, qlabels, fontsize=8)
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def budget_table(result: dict[str, Any]) -> str:
+    frame = level_frame(result, [("val NDCG@100", "val_ndcg@100", 4), ("best epoch", "best_epoch", 1)])
+    pop = result.get("popularity")
+    if pop:
+        frame.loc[len(frame)] = ["popularity (nothing to tune)", "—", *(f"{pop[m]:.4f}" for m in result["metrics"]), "—", "—"]
+    body = table(frame)
+    for name, search in result.get("searches", {}).items():
+        s = pd.DataFrame(search, columns=["trial", "lr", "dropout", "val_ndcg@100", "best_epoch"])
+        body += f"\n\nSearch `{name}` ({len(search)} trials, validation only):\n\n" + table(pd.DataFrame({
+            "trial": s["trial"], "lr": s["lr"].map("{:.3g}".format), "dropout": s["dropout"].map("{:.3f}".format),
+            "best val NDCG@100": s["val_ndcg@100"].map("{:.4f}".format), "best epoch": s["best_epoch"].map(str)}))
+    return body
+
+
+@dataclass(frozen=True)
+class AblationKind:
+    """One design question: the settings it varies, and how its levels are named, ordered, tabulated and plotted."""
+    name: str
+    factors: tuple[str, ...] | None               # varied besides the seed (None: any; the budget compares searched models)
+    label: Callable[..., str]                     # (settings, n_train_users, β* or None) -> a level's name
+    table: Callable[[dict[str, Any]], str]        # result -> the body of its markdown section
+    plot: Callable[[Any, dict[str, Any]], Any]    # (pyplot, result) -> a figure
+    order: Callable[[dict[str, Any]], Any] | None = None   # settings -> the table's row order (None: first appearance)
+    sampled: bool = False                         # also test with sampled z
+    beta_star: bool = False                       # read β* off the annealed levels
+    popularity: bool = False                      # add the popularity baseline and the searches' trials
+
+
+KINDS: dict[str, AblationKind] = {k.name: k for k in (   # in the order of ablation.md's sections
+    AblationKind("likelihood", ("likelihood",), lambda s, *_: s["likelihood"], likelihood_table,
+                 partial(metrics_plot, title="Likelihood"),
+                 order=lambda s: ("multinomial", "bernoulli", "gaussian").index(s["likelihood"])),
+    AblationKind("annealing", ("anneal_cap", "anneal_steps"), annealing_label, annealing_table, annealing_plot,
+                 beta_star=True),
+    AblationKind("inference", ("anneal_cap", "anneal_steps"), annealing_label, inference_table, inference_plot,
+                 sampled=True, beta_star=True),
+    AblationKind("input", ("normalize_input", "dropout"),
+                 lambda s, *_: f"L2 norm {'on' if s['normalize_input'] else 'off'}, dropout {s['dropout']:g}",
+                 input_table, input_plot, order=lambda s: (not s["normalize_input"], s["dropout"])),
+    AblationKind("budget", None, lambda s, *_: f"Mult-{s['model'].upper()} (lr {s['lr']:.2g}, dropout {s['dropout']:.2f})",
+                 budget_table, partial(metrics_plot, title="Same search budget"),
+                 order=lambda s: s["model"] != "vae", popularity=True),
+)}
 
 
 def render(kind: str, result: dict[str, Any]) -> str:
     """The markdown section of one kind."""
-    levels, metrics = result["levels"], result["metrics"]
-    base = ["level", "seeds", *[m.replace("ndcg", "NDCG").replace("recall", "Recall") for m in metrics]]
-
-    def common(lv: dict[str, Any]) -> list[str]:
-        return [lv["label"], str(lv["summary"]["ndcg@100"]["n"]), *(fmt(lv["summary"][m]) for m in metrics)]
-
-    if kind == "annealing":
-        body = table([*base, "KL at end (train)", "β at end", "active units (of 200)", "mean var(mu)", "best epoch",
-                      "β at best"],
-                     [[*common(lv), fmt(s.get("kl_end"), 1), fmt(s.get("kl_weight_end"), 3), fmt(s.get("active_units"), 1),
-                       fmt(s.get("mean_variance"), 4), fmt(s.get("best_epoch"), 1), fmt(s.get("beta_at_best"), 3)]
-                      for lv in levels for s in [lv["summary"]]])
-        bs = result.get("beta_star")
-        if bs:
-            body += (f"\n\nβ* (paper's recipe) from '{bs['level']}': the seed-averaged validation NDCG@100 peaks at epoch "
-                     f"{bs['epoch']} ({bs['val_ndcg@100']:.4f}) where β = {bs['beta']:.4f} (per seed β at the best epoch: "
-                     f"{', '.join(f'{b:.3f}' for b in bs['per_seed_beta_at_best'])}); stage 2 retrains with anneal_cap "
-                     f"{bs['stage2']['anneal_cap']}, anneal_steps {bs['stage2']['anneal_steps']} (the same slope, rounded).")
-    elif kind == "inference":
-        rows = []
-        for lv in levels:
-            s = lv["summary"]
-            for mode, name in INFERENCE_MODES.items():
-                src = s if mode == "mu" else s.get(mode, {})
-                rows.append([lv["label"], name, str(s["ndcg@100"]["n"]), *(fmt(src.get(m)) for m in metrics)])
-        body = table(["level", "inference", "seeds", *base[2:]], rows)
-    elif kind == "input":
-        q = next((lv["summary"]["quintiles"] for lv in levels if lv["summary"].get("quintiles")), None) or []
-        qh = [f"Q{g['group']} ({g['min_size']}–{g['max_size']} items)" for g in q]
-        body = table([*base, *[f"NDCG@100 {h}" for h in qh]],
-                     [[*common(lv), *(fmt(g["ndcg@100"]) for g in lv["summary"]["quintiles"])] for lv in levels])
-        body += ("\n\nQuintiles: the test users ranked by fold-in size (ties in user order), cut into 5 groups of "
-                 f"{q[0]['users'] if q else '?'} users; NDCG@100 averaged inside each group, then over seeds.")
-    elif kind == "budget":
-        rows = [[*common(lv), fmt(lv["summary"]["val_ndcg@100"]), fmt(lv["summary"]["best_epoch"], 1)] for lv in levels]
-        pop = result.get("popularity")
-        if pop:
-            rows.append(["popularity (nothing to tune)", "—", *(f"{pop[m]:.4f}" for m in metrics), "—", "—"])
-        body = table([*base, "val NDCG@100", "best epoch"], rows)
-        for name, search in result.get("searches", {}).items():
-            body += f"\n\nSearch `{name}` ({len(search)} trials, validation only):\n\n" + table(
-                ["trial", "lr", "dropout", "best val NDCG@100", "best epoch"],
-                [[t["trial"], f"{t['lr']:.3g}", f"{t['dropout']:.3f}", f"{t['val_ndcg@100']:.4f}", str(t["best_epoch"])]
-                 for t in search])
-    else:
-        body = table([*base, "val NDCG@100", "best epoch", "KL at end (train)"],
-                     [[*common(lv), fmt(lv["summary"]["val_ndcg@100"]), fmt(lv["summary"]["best_epoch"], 1),
-                       fmt(lv["summary"].get("kl_end"), 1)] for lv in levels])
     cmds = "\n".join(f"    {c}" for c in [*result["run_commands"], result["command"]])
     walls = ", ".join(f"{k} {v / 60:.1f} min" if v is not None else f"{k} ?" for k, v in result["wall_time_s"].items())
     notes = "".join(f"\n- {n}" for n in result["notes"])
-    return (f"## {kind}\n\n{body}\n\nMean ± sample std over seeds; test users of the paper's split. Wall time of the "
-            f"searches: {walls}. Plot: `{result['plot']}`.{notes}\n\nCommands:\n\n{cmds}\n")
+    return (f"## {kind}\n\n{KINDS[kind].table(result)}\n\nMean ± sample std over seeds; test users of the paper's split. "
+            f"Wall time of the searches: {walls}. Plot: `{result['plot']}`.{notes}\n\nCommands:\n\n{cmds}\n")
 
 
 def plot(kind: str, result: dict[str, Any], path: Path) -> None:
@@ -357,110 +515,7 @@ def plot(kind: str, result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels, metrics = result["levels"], result["metrics"]
-    labels = [lv["label"] for lv in levels]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-    def bars(ax, series: list[tuple[str, list[dict]]], groups: list[str], title: str, ylabel: str) -> None:
-        """Grouped bars: one group per entry of `groups`, one bar per series (mean ± std, seeds as dots)."""
-        width = 0.8 / len(series)
-        for i, (name, stats) in enumerate(series):
-            x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
-            means = [s["mean"] if s and s.get("mean") is not None else np.nan for s in stats]
-            stds = [s["std"] if s and s.get("std") is not None else 0 for s in stats]
-            ax.bar(x, means, width, yerr=stds, capsize=3, label=name, color=colors[i % len(colors)], alpha=0.85)
-            for xi, s in zip(x, stats):
-                if s and s.get("values"):
-                    ax.plot([xi] * len(s["values"]), s["values"], "k.", ms=3)
-        ax.set_xticks(np.arange(len(groups)), groups)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-
-    def zoom(ax, values: list[float], pad: float = 0.15) -> None:
-        lo, hi = min(values), max(values)
-        ax.set_ylim(max(0.0, lo - pad * (hi - lo + 1e-3) - 0.02), hi + pad * (hi - lo + 1e-3) + 0.01)
-
-    if kind == "likelihood" or kind == "budget":
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        series = [(lv["label"], [lv["summary"][m] for m in metrics]) for lv in levels]
-        if kind == "budget" and result.get("popularity"):
-            series.append(("popularity", [{"mean": result["popularity"][m], "std": 0.0, "values": []} for m in metrics]))
-        bars(ax, series, [m.replace("ndcg", "NDCG").replace("recall", "Recall") for m in metrics],
-             f"{'Likelihood' if kind == 'likelihood' else 'Same search budget'}: test metrics (mean ± std over seeds)", "test")
-        ax.legend(fontsize=8)
-    elif kind == "annealing":
-        fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-        for i, lv in enumerate(levels):
-            c = lv["summary"]["curves"]
-            ep = np.arange(1, len(c["ndcg@100"]) + 1)
-            style = dict(color=colors[i % len(colors)], ls=("-", "--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))[i % 5],
-                         lw=max(0.8, 2.8 - 0.45 * i), label=lv["label"])
-            axes[0].plot(ep, c["ndcg@100"], **style)   # dashes: the annealed runs coincide until one stops rising
-            axes[1].plot(ep, c["kl"], **style)
-        axes[0].set(title="validation NDCG@100 (mean over seeds)", xlabel="epoch", ylabel="NDCG@100")
-        tails = [v for lv in levels for v in lv["summary"]["curves"]["ndcg@100"][len(ep) // 10:]]
-        axes[0].set_ylim(min(tails) - 0.01, max(tails) + 0.005)   # the first epochs' climb would flatten the rest
-        axes[1].set(title="KL term (training batches, unweighted)", xlabel="epoch", ylabel="KL", yscale="log")
-        axes[0].legend(fontsize=7)
-        x = np.arange(len(levels))
-        au = [lv["summary"]["active_units"] for lv in levels]
-        axes[2].bar(x, [a["mean"] for a in au], yerr=[a["std"] for a in au], capsize=3,
-                    color=[colors[i % len(colors)] for i in range(len(levels))])
-        dims = levels[0]["per_seed"][0].get("latent_dim") or levels[0]["settings"]["latent_dim"]
-        for xi, lv in zip(x, levels):
-            axes[2].text(xi, 0.02 * dims, (f"test NDCG\n{lv['summary']['ndcg@100']['mean']:.3f}\nmean var\n"
-                                                f"{lv['summary']['mean_variance']['mean']:.3f}"), ha="center", fontsize=8)
-        axes[2].set_xticks(x, [textwrap.fill(lb, 14) for lb in labels], fontsize=7)
-        axes[2].set_ylim(0, dims)
-        axes[2].set(title="active units (var of mu over test users > 0.01)", ylabel=f"of {dims}")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-    elif kind == "inference":
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        series = [(name, [lv["summary"]["ndcg@100"] if mode == "mu" else lv["summary"].get(mode, {}).get("ndcg@100")
-                          for lv in levels]) for mode, name in INFERENCE_MODES.items()]
-        bars(ax, series, [lb.replace(" (", "\n(") for lb in labels], "z = mu vs sampled z at inference", "test NDCG@100")
-        zoom(ax, [s["mean"] for _, ss in series for s in ss if s and s.get("mean") is not None])
-        ax.tick_params(axis="x", labelsize=8)
-        ax.legend(fontsize=8)
-    elif kind == "input":
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-        q = levels[0]["summary"]["quintiles"]
-        qx = np.arange(1, len(q) + 1)
-        qlabels = [f"Q{g['group']}\n{g['min_size']}–{g['max_size']}" for g in q]
-        dropouts = sorted({lv["settings"]["dropout"] for lv in levels})
-        by = {(lv["settings"]["normalize_input"], lv["settings"]["dropout"]): lv for lv in levels}
-        for ax, norm in zip(axes[:2], (True, False)):
-            for i, d in enumerate(dropouts):
-                lv = by.get((norm, d))
-                if lv is None:
-                    continue
-                m = [g["ndcg@100"]["mean"] for g in lv["summary"]["quintiles"]]
-                s = [g["ndcg@100"]["std"] for g in lv["summary"]["quintiles"]]
-                ax.errorbar(qx, m, yerr=s, capsize=3, marker="o", color=colors[i], label=f"dropout {d:g}")
-            ax.set(title=f"L2 normalization {'on' if norm else 'off'}", xlabel="activity quintile (fold-in items)",
-                   ylabel="test NDCG@100")
-            ax.set_xticks(qx, qlabels, fontsize=8)
-        lo = min(min(ax.get_ylim()[0] for ax in axes[:2]), 1)
-        hi = max(ax.get_ylim()[1] for ax in axes[:2])
-        for ax in axes[:2]:
-            ax.set_ylim(lo, hi)
-            ax.legend(fontsize=8)
-        for i, d in enumerate(dropouts):
-            on, off = by.get((True, d)), by.get((False, d))
-            if on and off:
-                diff = [a["ndcg@100"]["mean"] - b["ndcg@100"]["mean"] for a, b in zip(on["summary"]["quintiles"],
-                                                                                   off["summary"]["quintiles"])]
-                axes[2].plot(qx, diff, marker="o", color=colors[i], label=f"dropout {d:g}")
-        axes[2].axhline(0, color="k", lw=0.8)
-        axes[2].set(title="normalization on − off", xlabel="activity quintile", ylabel="Δ test NDCG@100")
-        axes[2].set_xticks(qx, qlabels, fontsize=8)
-        axes[2].legend(fontsize=8)
-        for ax in axes:
-            ax.grid(alpha=0.3)
-    else:
-        raise ValueError(kind)
+    fig = KINDS[kind].plot(plt, result)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -495,6 +550,7 @@ def analyse(kind: str, experiments: Sequence[Path], also: Sequence[Path] = (), s
     """Measure, aggregate, plot and write the ablation of `experiments`; returns what goes into ablation.json."""
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    spec = KINDS[kind]
     main, skipped = [], []
     for exp in experiments:
         t, s = load_trials(Path(exp))
@@ -514,7 +570,7 @@ def analyse(kind: str, experiments: Sequence[Path], also: Sequence[Path] = (), s
     metrics = list(trials[0].payload["train_config"]["metrics"])
     for i, t in enumerate(trials):
         t0 = time.perf_counter()
-        t.measures = measure(t, split, metrics, sampled=(kind == "inference"))
+        t.measures = measure(t, split, metrics, sampled=spec.sampled)
         log(f"[{i + 1}/{len(trials)}] {t.name} seed {t.seed}: test NDCG@100 {t.measures['ndcg@100']:.4f} "
             f"({time.perf_counter() - t0:.1f} s)")
 
@@ -523,12 +579,12 @@ def analyse(kind: str, experiments: Sequence[Path], also: Sequence[Path] = (), s
                "per_seed": [{k: v for k, v in t.measures.items() if k not in ("curves", "unit_variances")} for t in lv],
                "summary": aggregate(lv, metrics)} for lv in group_levels(trials, kind)]
     result: dict[str, Any] = {"kind": kind, "metrics": metrics, "levels": levels, "notes": notes}
-    bs = beta_star(levels) if kind in ("annealing", "inference") else None
+    bs = beta_star(levels) if spec.beta_star else None
     for lv in levels:
-        lv["label"] = level_label(kind, lv["settings"], n_train, bs["stage2"]["anneal_cap"] if bs else None)
+        lv["label"] = spec.label(lv["settings"], n_train, bs["stage2"]["anneal_cap"] if bs else None)
     if bs:
         result["beta_star"] = bs | {"level": levels[bs["level"]]["label"]}
-    if kind == "budget":
+    if spec.popularity:
         pop = summarize(per_user_metrics(popularity_scorer(split.train), split.test_fold_in, split.test_target, metrics))
         result["popularity"] = {m: pop[m] for m in metrics}
         result["searches"] = {Path(s).name: search_summary(Path(s)) for s in searches}

@@ -3,6 +3,7 @@ Tune lays it out (trial directories with checkpoint_NNNNNN/checkpoint.pt), train
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,211 @@ def test_beta_star_is_read_only_from_a_run_that_never_reaches_its_cap():
     bs = ablation.beta_star([reached, toward, fixed])
     assert (bs["level"], bs["epoch"], bs["beta"]) == (1, 2, 0.2)     # the peak of the mean validation curve
     assert bs["stage2"] == {"anneal_cap": 0.2, "anneal_steps": 10}  # the same slope: 1 / 50 per update
+
+
+# --- the report: every kind from a hand-written result --------------------------------------------------
+
+def _stat(mean, std=0.0, n=3, values=()):
+    return {"mean": mean, "std": std, "n": n, "values": list(values)}
+
+
+def _level(label, settings, ndcg, n=3, **summary):
+    return {"label": label, "settings": settings, "seeds": list(range(1, n + 1)), "per_seed": [{}], "summary": {
+        "ndcg@100": _stat(ndcg, 0.0021, n, [ndcg - 0.002, ndcg, ndcg + 0.002][:n]), "recall@20": _stat(ndcg - 0.0712, 0.00345, n),
+        "val_ndcg@100": _stat(ndcg + 0.01, 0.001, n), "best_epoch": _stat(41.0, 3.5, n), **summary}}
+
+
+def _results():
+    """One result per kind, as `analyse` would leave it, with a missing value or a single seed here and there."""
+    curves = lambda peak, kl: {"ndcg@100": [0.1, 0.3, peak, peak - 0.01], "kl": [3 * kl, 2 * kl, kl, kl],  # noqa: E731
+                               "kl_weight": [0.05, 0.1, 0.15, 0.2]}
+    anneal = {"anneal_cap": 1.0, "anneal_steps": 0, "latent_dim": 200}
+    annealing = [_level("β = 1 fixed", anneal, 0.4012, kl_end=_stat(12.345, 0.67), kl_weight_end=_stat(1.0),
+                        active_units=_stat(14.0, 2.0), mean_variance=_stat(0.01234, 0.0011), beta_at_best=_stat(1.0),
+                        curves=curves(0.39, 12.3)),
+                 _level("annealed toward 1 (β reaches 0.200)", {**anneal, "anneal_steps": 200_000}, 0.4231, n=1,
+                        kl_end=_stat(25.5, 0, 1), kl_weight_end=_stat(0.2, 0, 1), active_units=_stat(61.0, 0, 1),
+                        mean_variance=_stat(0.1, 0, 1), beta_at_best=_stat(0.15, 0, 1), curves=curves(0.42, 25.0))]
+    beta_star = {"level": annealing[1]["label"], "epoch": 3, "beta": 0.15, "val_ndcg@100": 0.42,
+                 "per_seed_beta_at_best": [0.15], "stage2": {"anneal_cap": 0.15, "anneal_steps": 30000}}
+    sampled = {"sample": {m: _stat(0.35, 0.01) for m in METRICS}, "mean10": {m: _stat(0.38, 0.02) for m in METRICS}}
+    inference = [{**annealing[0], "summary": {**annealing[0]["summary"], **sampled}}, annealing[1]]   # the 2nd: no draws
+    quintiles = lambda base: [{"group": g + 1, "users": 120, "min_size": 5 * g + 1, "max_size": 5 * g + 5,  # noqa: E731
+                               "ndcg@100": _stat(base + 0.02 * g, 0.004, 2, [base + 0.02 * g - 0.003, base + 0.02 * g + 0.003])}
+                              for g in range(5)]
+    inputs = [_level(f"L2 norm {'on' if norm else 'off'}, dropout {d:g}", {"normalize_input": norm, "dropout": d},
+                     0.40 + 0.01 * i, n=2, kl_end=_stat(30.0 + i, 1.0, 2), quintiles=quintiles(0.3 + 0.01 * i))
+              for i, (norm, d) in enumerate([(True, 0.0), (True, 0.5), (False, 0.0), (False, 0.5)])]
+    likelihood = [_level(name, {"likelihood": name}, 0.42 - 0.03 * i, kl_end=_stat(20.0 + i, 0.5) if i < 2 else None)
+                  for i, name in enumerate(["multinomial", "bernoulli", "gaussian"])]
+    budget = [_level(f"Mult-{m.upper()} (lr {lr:.2g}, dropout {d:.2f})", {"model": m, "lr": lr, "dropout": d}, v)
+              for m, lr, d, v in [("vae", 0.00123, 0.5, 0.4257), ("dae", 0.004, 0.25, 0.4198)]]
+    searches = {"budget_vae": [{"trial": "trial_0001", "lr": 0.001, "dropout": 0.5, "val_ndcg@100": 0.43561, "best_epoch": 77},
+                               {"trial": "trial_0002", "lr": 0.0123456, "dropout": 0.12345, "val_ndcg@100": 0.401,
+                                "best_epoch": 9}]}
+    extra = {"annealing": dict(beta_star=beta_star), "inference": dict(beta_star=beta_star),
+             "budget": dict(popularity={"ndcg@100": 0.18765, "recall@20": 0.1}, searches=searches)}
+    return {kind: {"kind": kind, "metrics": METRICS, "levels": levels, "notes": ["skipped a/trial_0003: no checkpoint"],
+                   "run_commands": [f"python -m tuning.run --space ablations/{kind}"],
+                   "command": f"python -m tuning.ablation x --kind {kind}", "wall_time_s": {kind: 5400.0, "paper": None},
+                   "plot": f"docs/ablations/{kind}.png", **extra.get(kind, {})}
+            for kind, levels in [("likelihood", likelihood), ("annealing", annealing), ("inference", inference),
+                                 ("input", inputs), ("budget", budget)]}
+
+
+METRICS = ["ndcg@100", "recall@20"]
+
+
+RENDERED = {   # the text of tuning.ablation.render before the registry (commit eba7931), on _results()
+    "likelihood": """\
+## likelihood
+
+| level | seeds | NDCG@100 | Recall@20 | val NDCG@100 | best epoch | KL at end (train) |
+|---|---|---|---|---|---|---|
+| multinomial | 3 | 0.4200 ± 0.0021 | 0.3488 ± 0.0034 | 0.4300 ± 0.0010 | 41.0 ± 3.5 | 20.0 ± 0.5 |
+| bernoulli | 3 | 0.3900 ± 0.0021 | 0.3188 ± 0.0034 | 0.4000 ± 0.0010 | 41.0 ± 3.5 | 21.0 ± 0.5 |
+| gaussian | 3 | 0.3600 ± 0.0021 | 0.2888 ± 0.0034 | 0.3700 ± 0.0010 | 41.0 ± 3.5 | — |
+
+Mean ± sample std over seeds; test users of the paper's split. Wall time of the searches: likelihood 90.0 min, paper ?. Plot: `docs/ablations/likelihood.png`.
+- skipped a/trial_0003: no checkpoint
+
+Commands:
+
+    python -m tuning.run --space ablations/likelihood
+    python -m tuning.ablation x --kind likelihood
+""",
+    "annealing": """\
+## annealing
+
+| level | seeds | NDCG@100 | Recall@20 | KL at end (train) | β at end | active units (of 200) | mean var(mu) | best epoch | β at best |
+|---|---|---|---|---|---|---|---|---|---|
+| β = 1 fixed | 3 | 0.4012 ± 0.0021 | 0.3300 ± 0.0034 | 12.3 ± 0.7 | 1.000 ± 0.000 | 14.0 ± 2.0 | 0.0123 ± 0.0011 | 41.0 ± 3.5 | 1.000 ± 0.000 |
+| annealed toward 1 (β reaches 0.200) | 1 | 0.4231 | 0.3519 | 25.5 | 0.200 | 61.0 | 0.1000 | 41.0 | 0.150 |
+
+β* (paper's recipe) from 'annealed toward 1 (β reaches 0.200)': the seed-averaged validation NDCG@100 peaks at epoch 3 (0.4200) where β = 0.1500 (per seed β at the best epoch: 0.150); stage 2 retrains with anneal_cap 0.15, anneal_steps 30000 (the same slope, rounded).
+
+Mean ± sample std over seeds; test users of the paper's split. Wall time of the searches: annealing 90.0 min, paper ?. Plot: `docs/ablations/annealing.png`.
+- skipped a/trial_0003: no checkpoint
+
+Commands:
+
+    python -m tuning.run --space ablations/annealing
+    python -m tuning.ablation x --kind annealing
+""",
+    "inference": """\
+## inference
+
+| level | inference | seeds | NDCG@100 | Recall@20 |
+|---|---|---|---|---|
+| β = 1 fixed | z = mu | 3 | 0.4012 ± 0.0021 | 0.3300 ± 0.0034 |
+| β = 1 fixed | z sampled (1 draw) | 3 | 0.3500 ± 0.0100 | 0.3500 ± 0.0100 |
+| β = 1 fixed | mean of 10 draws | 3 | 0.3800 ± 0.0200 | 0.3800 ± 0.0200 |
+| annealed toward 1 (β reaches 0.200) | z = mu | 1 | 0.4231 | 0.3519 |
+| annealed toward 1 (β reaches 0.200) | z sampled (1 draw) | 1 | — | — |
+| annealed toward 1 (β reaches 0.200) | mean of 10 draws | 1 | — | — |
+
+Mean ± sample std over seeds; test users of the paper's split. Wall time of the searches: inference 90.0 min, paper ?. Plot: `docs/ablations/inference.png`.
+- skipped a/trial_0003: no checkpoint
+
+Commands:
+
+    python -m tuning.run --space ablations/inference
+    python -m tuning.ablation x --kind inference
+""",
+    "input": """\
+## input
+
+| level | seeds | NDCG@100 | Recall@20 | NDCG@100 Q1 (1–5 items) | NDCG@100 Q2 (6–10 items) | NDCG@100 Q3 (11–15 items) | NDCG@100 Q4 (16–20 items) | NDCG@100 Q5 (21–25 items) |
+|---|---|---|---|---|---|---|---|---|
+| L2 norm on, dropout 0 | 2 | 0.4000 ± 0.0021 | 0.3288 ± 0.0034 | 0.3000 ± 0.0040 | 0.3200 ± 0.0040 | 0.3400 ± 0.0040 | 0.3600 ± 0.0040 | 0.3800 ± 0.0040 |
+| L2 norm on, dropout 0.5 | 2 | 0.4100 ± 0.0021 | 0.3388 ± 0.0034 | 0.3100 ± 0.0040 | 0.3300 ± 0.0040 | 0.3500 ± 0.0040 | 0.3700 ± 0.0040 | 0.3900 ± 0.0040 |
+| L2 norm off, dropout 0 | 2 | 0.4200 ± 0.0021 | 0.3488 ± 0.0034 | 0.3200 ± 0.0040 | 0.3400 ± 0.0040 | 0.3600 ± 0.0040 | 0.3800 ± 0.0040 | 0.4000 ± 0.0040 |
+| L2 norm off, dropout 0.5 | 2 | 0.4300 ± 0.0021 | 0.3588 ± 0.0034 | 0.3300 ± 0.0040 | 0.3500 ± 0.0040 | 0.3700 ± 0.0040 | 0.3900 ± 0.0040 | 0.4100 ± 0.0040 |
+
+Quintiles: the test users ranked by fold-in size (ties in user order), cut into 5 groups of 120 users; NDCG@100 averaged inside each group, then over seeds.
+
+Mean ± sample std over seeds; test users of the paper's split. Wall time of the searches: input 90.0 min, paper ?. Plot: `docs/ablations/input.png`.
+- skipped a/trial_0003: no checkpoint
+
+Commands:
+
+    python -m tuning.run --space ablations/input
+    python -m tuning.ablation x --kind input
+""",
+    "budget": """\
+## budget
+
+| level | seeds | NDCG@100 | Recall@20 | val NDCG@100 | best epoch |
+|---|---|---|---|---|---|
+| Mult-VAE (lr 0.0012, dropout 0.50) | 3 | 0.4257 ± 0.0021 | 0.3545 ± 0.0034 | 0.4357 ± 0.0010 | 41.0 ± 3.5 |
+| Mult-DAE (lr 0.004, dropout 0.25) | 3 | 0.4198 ± 0.0021 | 0.3486 ± 0.0034 | 0.4298 ± 0.0010 | 41.0 ± 3.5 |
+| popularity (nothing to tune) | — | 0.1877 | 0.1000 | — | — |
+
+Search `budget_vae` (2 trials, validation only):
+
+| trial | lr | dropout | best val NDCG@100 | best epoch |
+|---|---|---|---|---|
+| trial_0001 | 0.001 | 0.500 | 0.4356 | 77 |
+| trial_0002 | 0.0123 | 0.123 | 0.4010 | 9 |
+
+Mean ± sample std over seeds; test users of the paper's split. Wall time of the searches: budget 90.0 min, paper ?. Plot: `docs/ablations/budget.png`.
+- skipped a/trial_0003: no checkpoint
+
+Commands:
+
+    python -m tuning.run --space ablations/budget
+    python -m tuning.ablation x --kind budget
+""",
+}
+
+
+@pytest.mark.parametrize("kind", list(RENDERED))
+def test_render_gives_the_reference_text_of_every_kind(kind):
+    assert ablation.render(kind, _results()[kind]) == RENDERED[kind]
+
+
+def test_every_kind_plots_its_result(tmp_path):
+    for kind, result in _results().items():
+        ablation.plot(kind, result, tmp_path / f"{kind}.png")
+        png = (tmp_path / f"{kind}.png").read_bytes()
+        assert png[:4] == b"\x89PNG" and len(png) > 10_000, kind
+
+
+def test_the_registry_orders_and_labels_the_levels_of_each_kind():
+    def trials(kind, settings):
+        return [ablation.TrialRun(Path(kind), Path(f"t{i}"), Path("c"), {}, s, seed)
+                for i, s in enumerate(settings) for seed in (2, 1)]
+    levels = ablation.group_levels(trials("likelihood", [{"likelihood": n} for n in ("gaussian", "multinomial", "bernoulli")]),
+                                   "likelihood")
+    assert [lv[0].settings["likelihood"] for lv in levels] == ["multinomial", "bernoulli", "gaussian"]
+    assert all([t.seed for t in lv] == [1, 2] for lv in levels)
+    inputs = [{"normalize_input": n, "dropout": d} for n, d in [(False, 0.5), (True, 0.5), (False, 0.0), (True, 0.0)]]
+    assert [ablation.KINDS["input"].label(lv[0].settings, 0) for lv in ablation.group_levels(trials("input", inputs), "input")] \
+        == ["L2 norm on, dropout 0", "L2 norm on, dropout 0.5", "L2 norm off, dropout 0", "L2 norm off, dropout 0.5"]
+    budget = [{"model": "dae", "lr": 0.004, "dropout": 0.25}, {"model": "vae", "lr": 0.00123, "dropout": 0.5}]
+    assert [ablation.KINDS["budget"].label(lv[0].settings, 0) for lv in ablation.group_levels(trials("budget", budget), "budget")] \
+        == ["Mult-VAE (lr 0.0012, dropout 0.50)", "Mult-DAE (lr 0.004, dropout 0.25)"]
+    anneal = [{"anneal_cap": c, "anneal_steps": st, "epochs": 10, "batch_size": 100} for c, st in [(1.0, 0), (0.2, 50), (1.0, 500)]]
+    assert [ablation.KINDS["annealing"].label(s, 1000, 0.2) for s in anneal] == [   # 10 epochs of 10 updates: β = 0.2 at the end
+        "β = 1 fixed", "annealed to β* = 0.2", "annealed toward 1 (β reaches 0.200)"]
+    assert ablation.KINDS["annealing"].label(anneal[1], 1000) == "annealed to 0.2"
+    assert list(ablation.KINDS) == ["likelihood", "annealing", "inference", "input", "budget"]   # ablation.md's order
+
+
+def test_aggregate_skips_non_finite_seeds_and_cuts_the_curves_to_the_shortest():
+    def trial(seed, kl, ndcg, quintile_means, epochs):
+        curves = {k: [seed * 0.1 * (e + 1) for e in range(epochs)] for k in ("ndcg@100", "kl", "kl_weight")}
+        quintiles = [{"group": g + 1, "users": 4, "min_size": g, "max_size": g + 1, "mean": q} for g, q in enumerate(quintile_means)]
+        measures = {"ndcg@100": ndcg, "kl_end": kl, "quintiles": quintiles, "curves": curves,
+                    "sample": {"ndcg@100": ndcg - 0.1}} if seed < 3 else {"ndcg@100": ndcg, "kl_end": kl, "quintiles": quintiles,
+                                                                         "curves": curves}
+        return ablation.TrialRun(Path("e"), Path(f"t{seed}"), Path("c"), {}, {}, seed, measures)
+    level = [trial(1, 10.0, 0.30, [0.1, 0.5], 3), trial(2, float("inf"), 0.40, [0.2, 0.6], 4), trial(3, None, 0.35, [0.3, 0.4], 3)]
+    out = ablation.aggregate(level, metrics=["ndcg@100"])
+    assert out["ndcg@100"] == {"mean": pytest.approx(0.35), "std": pytest.approx(0.05), "n": 3, "values": [0.30, 0.40, 0.35]}
+    assert out["kl_end"] == {"mean": 10.0, "std": 0.0, "n": 1, "values": [10.0]}    # inf and None left out
+    assert "sample" not in out                                                           # the third trial has no draws
+    assert [g["ndcg@100"]["mean"] for g in out["quintiles"]] == [pytest.approx(0.2), pytest.approx(0.5)]
+    assert out["quintiles"][1]["ndcg@100"]["std"] == pytest.approx(0.1)
+    assert out["quintiles"][0]["users"] == 4 and out["quintiles"][1]["max_size"] == 2
+    assert out["curves"]["kl"] == pytest.approx([0.2, 0.4, 0.6])                       # mean of 0.1, 0.2, 0.3 × epoch; 3 epochs
