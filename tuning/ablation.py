@@ -17,7 +17,8 @@ users as `tuning.run` tests the best trial (z = mu), and
 Trials are grouped into levels by their configuration without the seed; every measure is averaged over the
 seeds of a level (mean and sample standard deviation). The experiments named first must differ only in the
 kind's factors (and the seed); those given with --also contribute only the trials whose other settings are
-those of the first experiment (the paper's configuration is trained once and shared that way).
+those of the first experiment (the paper's configuration is trained once and shared that way). Each kind is an
+`AblationKind` in `KINDS`: its factors, and how its levels are labelled, ordered, tabulated and plotted.
 
 Writes `ablation.json` (a section per kind run on that experiment) and `ablation.md` into the first experiment
 directory, and `docs/ablations/<kind>.png`.
@@ -40,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from matplotlib.figure import Figure
 
 from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.errors import ArgParser, UserError, run_cli
@@ -309,9 +310,10 @@ def zoom(ax, values: list[float], pad: float = 0.15) -> None:
 
 # --- the kinds: each one's level names, table and plot ------------------------------------------------------
 
-def metrics_plot(plt, result: dict[str, Any], title: str):
+def metrics_plot(result: dict[str, Any], title: str) -> Figure:
     """Grouped bars of the test metrics, a bar per level (and the popularity baseline when there is one)."""
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     metrics = result["metrics"]
     series = [(lv["label"], [lv["summary"][m] for m in metrics]) for lv in result["levels"]]
     if result.get("popularity"):
@@ -350,10 +352,11 @@ def annealing_table(result: dict[str, Any]) -> str:
     return body
 
 
-def annealing_plot(plt, result: dict[str, Any]):
+def annealing_plot(result: dict[str, Any]) -> Figure:
     """Validation NDCG@100 and KL per epoch, and the active units, of each level."""
     levels = result["levels"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig = Figure(figsize=(17, 5.2))
+    axes = fig.subplots(1, 3)
     for i, lv in enumerate(levels):
         c = lv["summary"]["curves"]
         ep = np.arange(1, len(c["ndcg@100"]) + 1)
@@ -390,10 +393,11 @@ def inference_table(result: dict[str, Any]) -> str:
     return table(pd.DataFrame(rows, columns=["level", "inference", "seeds", *map(metric_header, metrics)]))
 
 
-def inference_plot(plt, result: dict[str, Any]):
+def inference_plot(result: dict[str, Any]) -> Figure:
     """Test NDCG@100 of each level with z = mu, one sampled z and the mean of 10 draws."""
     levels = result["levels"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     series = [(name, [lv["summary"]["ndcg@100"] if mode == "mu" else lv["summary"].get(mode, {}).get("ndcg@100")
                       for lv in levels]) for mode, name in INFERENCE_MODES.items()]
     bars(ax, series, [lv["label"].replace(" (", "\n(") for lv in levels], "z = mu vs sampled z at inference",
@@ -415,10 +419,11 @@ def input_table(result: dict[str, Any]) -> str:
                            f"of {q[0]['users'] if q else '?'} users; NDCG@100 averaged inside each group, then over seeds.")
 
 
-def input_plot(plt, result: dict[str, Any]):
+def input_plot(result: dict[str, Any]) -> Figure:
     """Test NDCG@100 per activity quintile with normalization on and off, and their difference, per dropout."""
     levels = result["levels"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig = Figure(figsize=(16, 4.8))
+    axes = fig.subplots(1, 3)
     q = levels[0]["summary"]["quintiles"]
     qx = np.arange(1, len(q) + 1)
     qlabels = [f"Q{g['group']}\n{g['min_size']}–{g['max_size']}" for g in q]
@@ -476,7 +481,7 @@ class AblationKind:
     factors: tuple[str, ...] | None               # varied besides the seed (None: any; the budget compares searched models)
     label: Callable[..., str]                     # (settings, n_train_users, β* or None) -> a level's name
     table: Callable[[dict[str, Any]], str]        # result -> the body of its markdown section
-    plot: Callable[[Any, dict[str, Any]], Any]    # (pyplot, result) -> a figure
+    plot: Callable[[dict[str, Any]], Figure]      # result -> a figure
     order: Callable[[dict[str, Any]], Any] | None = None   # settings -> the table's row order (None: first appearance)
     sampled: bool = False                         # also test with sampled z
     beta_star: bool = False                       # read β* off the annealed levels
@@ -510,16 +515,10 @@ def render(kind: str, result: dict[str, Any]) -> str:
 
 
 def plot(kind: str, result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = KINDS[kind].plot(plt, result)
+    fig = KINDS[kind].plot(result)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- the command ----------------------------------------------------------------------------------------
