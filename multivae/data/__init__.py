@@ -2,6 +2,7 @@
 
     split = load_dataset(DatasetConfig(name="ml-1m"))          # finds or downloads ML-1M, the paper's split
     split = load_dataset(DatasetConfig(name="file", path="clicks.parquet", user_col="uid", item_col="sku", rating_col=None))
+    split = load_dataset(DatasetConfig(name="given", train="train.txt", test="test.txt", format="lightgcn"))  # fixed files
 
 The processed split is cached under `<cache_dir>/processed/<name>-<hash16>.npz`; the hash covers the source
 bytes (or the synthetic config), the resolved protocol, the reader options and `PROCESSED_FORMAT_VERSION`,
@@ -22,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from multivae.data import download as dl
+from multivae.data.given import DEFAULT_VALID_FRACTION, FORMATS, RETRAIN, load_given
 from multivae.data.readers import MOVIELENS_FILES, read_movielens, read_table
 from multivae.data.split import ProtocolConfig, SplitData, split_interactions
 from multivae.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
@@ -32,7 +34,7 @@ from multivae.files import atomic_write_json
 # 2: the .json sidecar holds a SHA-256 over the arrays and the metadata, checked on load.
 PROCESSED_FORMAT_VERSION = 2
 
-DATASET_NAMES: tuple[str, ...] = ("synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "file")
+DATASET_NAMES: tuple[str, ...] = ("synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "file", "given")
 
 # Held-out users per split (validation and test each) when the protocol leaves it to the dataset.
 HELDOUT_PRESETS: dict[str, int | float] = {
@@ -44,6 +46,7 @@ HELDOUT_PRESETS: dict[str, int | float] = {
     "ml-latest-small": 30,
     "synthetic": 500,
     "file": 0.1,              # a fraction of the users that pass the filters
+    "given": 0.1,             # unused: given files are split already
 }
 
 
@@ -60,14 +63,39 @@ class DatasetConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     cache: bool = True               # read and write the processed split cache
+    # name=given (multivae.data.given): fixed files, weak generalization; user_col/item_col/sep serve format csv
+    train: str | None = None
+    test: str | None = None
+    valid: str | None = None         # None: a seeded valid_fraction of each user's training rows is held out
+    format: str | None = None        # lightgcn | csv | recbole; None: from the train file's name
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    retrain: str = "none"            # none | train+valid: refit the chosen configuration on train + valid before the test
 
     def __post_init__(self) -> None:
+        self._check_given()
         if self.name not in DATASET_NAMES:
             raise ValueError(f"unknown dataset name {self.name!r}; valid names: {', '.join(DATASET_NAMES)}")
         if self.name == "file" and not self.path:
             raise ValueError("name='file' needs path (a CSV, TSV or Parquet file)")
         if self.name != "file" and self.path is not None:
             raise ValueError(f"path is only used with name='file', got name={self.name!r} and path={self.path!r}")
+
+
+    def _check_given(self) -> None:
+        given = {"train": self.train, "test": self.test, "valid": self.valid, "format": self.format}
+        if self.name != "given":
+            extra = [k for k, v in given.items() if v is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to name='given', got name={self.name!r}")
+            return
+        if not self.train or not self.test:
+            raise ValueError(f"name='given' needs train and test files, got train={self.train!r}, test={self.test!r}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.retrain not in RETRAIN:
+            raise ValueError(f"retrain must be one of {', '.join(RETRAIN)}, got {self.retrain!r}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
 
 
 def resolve_protocol(cfg: DatasetConfig) -> ProtocolConfig:
@@ -84,6 +112,8 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None, verbos
     `cache_dir`: downloads and processed splits (default `$MULTIVAE_DATA_DIR`, else ~/.cache/multivae).
     `base_url`: a mirror of the GroupLens archives (default `$MULTIVAE_BASE_URL`, else GroupLens).
     """
+    if cfg.name == "given":
+        return load_given(cfg, verbose=verbose)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else dl.default_cache_dir()
     if cache.exists() and not cache.is_dir():
         raise UserError(f"cache folder {cache}: is a file, not a folder")

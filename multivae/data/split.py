@@ -87,6 +87,8 @@ class SplitData:
     def stats(self) -> dict:
         n_inter = int(self.train.nnz + self.val_fold_in.nnz + self.val_target.nnz + self.test_fold_in.nnz + self.test_target.nnz)
         n_users = int(self.train.shape[0] + self.val_fold_in.shape[0] + self.test_fold_in.shape[0])
+        # A weak-generalization split (multivae.data.given) shares its users and its fold-ins: its own totals.
+        override = self.info.get("stats_override", {})
         return {
             "users": n_users,
             "items": self.n_items,
@@ -102,7 +104,7 @@ class SplitData:
             "test_users_with_target": int((np.diff(self.test_target.indptr) > 0).sum()),
             "test_fold_in_interactions": int(self.test_fold_in.nnz),
             "test_target_interactions": int(self.test_target.nnz),
-        }
+        } | override
 
     def format_stats(self) -> str:
         s = self.stats()

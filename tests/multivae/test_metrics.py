@@ -129,3 +129,55 @@ def test_per_user_metrics_share_one_topk_and_match_the_slow_reference():
         want = np.array([slow(s, t, k) for s, t in zip(masked, target_dense)])
         np.testing.assert_allclose(got[m], want, rtol=1e-12, equal_nan=True, err_msg=m)
     assert np.isnan(got["ndcg@20"][:4]).all() and not np.isnan(got["ndcg@20"][4:][target_dense[4:].any(1)]).any()
+
+
+# --- the named variants: LightGCN / RecBole recall, precision, hit ---------------------------------------
+
+def slow_variant(kind: str, scores: np.ndarray, target: np.ndarray, k: int) -> float:
+    """Each variant as its source writes it, one user at a time (LightGCN's `RecallPrecision_ATk`, RecBole's hit)."""
+    n = int(target.sum())
+    if n == 0:
+        return math.nan
+    top = np.argsort(-scores, kind="stable")[:k]
+    hits = sum(bool(target[i]) for i in top)
+    return {"recall_n": hits / n, "precision": hits / k, "hit": float(hits > 0),
+            "recall": hits / min(k, n), "ndcg": slow_ndcg(scores, target, k)}[kind]
+
+
+@pytest.mark.parametrize("kind", ["recall", "recall_n", "precision", "hit", "ndcg"])
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_variants_match_their_slow_definitions(kind, k):
+    from multivae.metrics import METRICS
+
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(50, 120))
+    target = rng.random((50, 120)) < rng.uniform(0.0, 0.3, size=(50, 1))   # some users with n > k, some with n < k
+    target[0] = False
+    got = METRICS[kind](torch.tensor(scores), torch.tensor(target), k).numpy()
+    want = np.array([slow_variant(kind, s, t, k) for s, t in zip(scores, target)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_variants_differ_where_they_should_by_hand():
+    from multivae.metrics import METRICS
+
+    s = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    t = torch.tensor([[True, False, True, True, False]])          # n = 3 targets, at ranks 0, 2, 3
+    assert METRICS["recall"](s, t, 2).item() == pytest.approx(1 / 2)      # 1 hit / min(2, 3)
+    assert METRICS["recall_n"](s, t, 2).item() == pytest.approx(1 / 3)    # 1 hit / 3
+    assert METRICS["precision"](s, t, 2).item() == pytest.approx(1 / 2)   # 1 hit / 2
+    assert METRICS["hit"](s, t, 2).item() == 1.0
+    assert METRICS["hit"](torch.tensor([[1.0, 5.0, 0.0, 0.0, 4.0]]), t, 2).item() == 0.0
+    assert METRICS["recall_n"](s, t, 5).item() == 1.0 and METRICS["precision"](s, t, 5).item() == pytest.approx(3 / 5)
+
+
+def test_parse_metric_knows_every_variant_and_definitions_name_k():
+    from multivae.metrics import metric_definitions
+
+    assert [parse_metric(m) for m in ("recall_n@20", "precision@5", "hit@10")] == [("recall_n", 20), ("precision", 5), ("hit", 10)]
+    d = metric_definitions(["recall@20", "recall_n@20", "ndcg@100"])
+    assert d["recall@20"].startswith("hits in the top 20 / min(20, n_target)")
+    assert d["recall_n@20"].startswith("hits in the top 20 / n_target")
+    assert "min(n_target, 100)" in d["ndcg@100"]
+    with pytest.raises(ValueError, match="recall_n@K"):
+        parse_metric("mrr@10")

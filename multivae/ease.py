@@ -1,0 +1,153 @@
+"""EASE (Steck, WWW 2019), the closed-form item-item baseline, fitted and tested by the same harness.
+
+    P = (X^T X + lambda I)^-1,   B = I - P diag(1 / diag(P))   (so diag(B) = 0),   scores = x B
+
+X is `split.train` (the training users; under weak generalization every user's training rows), the Gram
+matrix and its inverse are float64 (float32 on request), scoring runs in float32 with a sparse x. lambda is
+chosen on the validation users from a small log-spaced grid by `select_metric`; the test is scored once,
+with the chosen lambda (after a refit on train + valid when the split asks for `retrain: train+valid`).
+
+    from multivae.ease import ease_baseline
+    result = ease_baseline(split)      # {"lambda", "val", "test", "popularity", "grid", "time_s", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from multivae.batch import SparseBatch
+from multivae.errors import UserError
+from multivae.evaluate import ScoreFn, evaluate, evaluate_on_split
+from multivae.metrics import metric_definitions, parse_metric
+
+DEFAULT_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)   # ~log-spaced 1-2-5 steps around ML-1M's 500-1000
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DENSE_COPIES = 4   # Gram, Gram + lambda I, its inverse (B is made in place), B in float32 for scoring
+
+
+def memory_needed(n_items: int, dtype: str = "float64") -> int:
+    """Bytes the fit holds at its peak: DENSE_COPIES dense I x I matrices (the float32 scoring copy counted as one)."""
+    return DENSE_COPIES * n_items * n_items * DTYPES[dtype].itemsize
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes), else free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(n_items: int, dtype: str = "float64", available: int | None = None) -> None:
+    """Refuse, before allocating anything, a catalogue whose dense matrices do not fit in RAM."""
+    available = available_memory() if available is None else available
+    need = memory_needed(n_items, dtype)
+    if need <= available:
+        return
+    gib = 2 ** 30
+    hint = ""
+    if dtype == "float64" and memory_needed(n_items, "float32") <= available:
+        hint = f"; float32 would need {memory_needed(n_items, 'float32') / gib:.1f} GiB and fits (--ease-dtype float32 / dtype='float32')"
+    raise UserError(f"EASE on {n_items:,} items needs {need / gib:.1f} GiB in {dtype} ({DENSE_COPIES} dense {n_items:,} x {n_items:,} "
+                    f"matrices) but {available / gib:.1f} GiB is available{hint}")
+
+
+def gram(x: sp.csr_matrix, dtype: str = "float64") -> torch.Tensor:
+    """X^T X as a dense tensor (the sparse product is exact: counts of co-occurrences)."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    return torch.from_numpy((x.T @ x).toarray()).to(DTYPES[dtype])
+
+
+def ease_weights(g: torch.Tensor, lam: float) -> torch.Tensor:
+    """B from the Gram matrix (left unchanged): B_ij = -P_ij / P_jj off the diagonal, 0 on it."""
+    if lam <= 0:
+        raise ValueError(f"EASE lambda must be > 0, got {lam}")
+    a = g.clone()
+    a.diagonal().add_(lam)
+    p = torch.cholesky_inverse(torch.linalg.cholesky(a))   # X^T X + lambda I is symmetric positive definite
+    del a
+    p.div_(-p.diagonal().clone())                            # column j divided by -P_jj
+    p.diagonal().zero_()
+    return p
+
+
+def ease_scorer(b: torch.Tensor) -> ScoreFn:
+    """scores = x B for a batch of binary rows, x kept sparse."""
+    b32 = b.to(torch.float32).contiguous()
+
+    def score(x: SparseBatch) -> torch.Tensor:
+        rows = torch.sparse_coo_tensor(torch.stack([x.row_of_each(), x.indices]), torch.ones(x.indices.numel(), device=x.device),
+                                       (x.n_rows, x.n_items), is_coalesced=True, check_invariants=False)
+        return torch.sparse.mm(rows, b32.to(x.device))
+    return score
+
+
+def fit_ease(x: sp.csr_matrix, lam: float, dtype: str = "float64") -> torch.Tensor:
+    check_memory(x.shape[1], dtype)
+    return ease_weights(gram(x, dtype), lam)
+
+
+def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence[str] = ("ndcg@100", "recall@20", "recall@50"),
+                  select_metric: str | None = None, dtype: str = "float64", batch_size: int = 2000,
+                  baselines: bool = True) -> dict:
+    """EASE on `split`: lambda chosen on validation from `grid` (one value: no choice), then tested once.
+
+    Returns {"model": "ease", "lambda", "select_metric", "grid": [{"lambda", "val", "fit_s"}], "val", "test",
+    "popularity" (when `baselines`), "metric_definitions", "dtype", "retrain", "fit_s" (Gram + solve at the chosen
+    lambda), "time_s" (everything)}. Every metric has its standard error (`<metric>_se`)."""
+    t_start = time.perf_counter()
+    metrics = tuple(metrics)
+    select_metric = select_metric or metrics[0]
+    for m in (*metrics, select_metric):
+        parse_metric(m)
+    if select_metric not in metrics:
+        raise ValueError(f"select_metric {select_metric!r} must be one of metrics {list(metrics)}")
+    grid = [float(v) for v in grid]
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"EASE lambda grid must be non-empty and > 0, got {grid}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    check_memory(split.n_items, dtype)
+
+    t0 = time.perf_counter()
+    g = gram(split.train, dtype)
+    gram_s = time.perf_counter() - t0
+    curve = []
+    best: tuple[float, float, torch.Tensor | None] = (-np.inf, grid[0], None)
+    for lam in grid:
+        t0 = time.perf_counter()
+        b = ease_weights(g, lam)
+        fit_s = gram_s + time.perf_counter() - t0
+        val = evaluate(ease_scorer(b), split.val_fold_in, split.val_target, metrics, batch_size)
+        curve.append({"lambda": lam, "val": val, "fit_s": fit_s})
+        if val[select_metric] > best[0]:
+            best = (val[select_metric], lam, b)
+        del b
+    _, lam, b = best
+    chosen = next(c for c in curve if c["lambda"] == lam)
+    retrain = split.info.get("retrain", "none")
+    fit_s = chosen["fit_s"]
+    if retrain == "train+valid":
+        t0 = time.perf_counter()
+        b = ease_weights(gram(split.test_fold_in, dtype), lam)   # every known item of every user
+        fit_s = time.perf_counter() - t0
+    del g
+    result = evaluate_on_split(ease_scorer(b), split, metrics, batch_size, baselines=baselines)
+    result["val"] = chosen["val"]       # on validation the model selected (before any refit)
+    return {"model": "ease", "lambda": lam, "select_metric": select_metric, "grid": curve, **result,
+            "metric_definitions": metric_definitions(metrics), "dtype": dtype, "retrain": retrain,
+            "fit_s": fit_s, "time_s": time.perf_counter() - t_start}
+
+
+__all__ = ["DEFAULT_GRID", "available_memory", "check_memory", "ease_baseline", "ease_scorer", "ease_weights", "fit_ease", "gram",
+           "memory_needed"]
