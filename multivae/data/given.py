@@ -154,7 +154,8 @@ def _same_id_type(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
 
 
 def hold_out(rows: np.ndarray, n_users: int, fraction: float, seed: int) -> np.ndarray:
-    """Boolean per training row: held out for validation. `rows`: each row's user index (file order kept).
+    """Boolean per training row: held out for validation. `rows`: each row's user index (the split passes the
+    training matrix's pairs, by user then item column, so the draw does not depend on the file's row order).
 
     Per user (in index order), round(fraction * n) rows drawn without replacement (half rounds up), at most n - 1."""
     rng = np.random.default_rng(seed)
