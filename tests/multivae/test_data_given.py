@@ -198,3 +198,33 @@ def test_lightgcn_reader_keeps_users_without_items_out_and_reads_ids(tmp_path):
     path.write_text("0 5 6\n1\n2 7\n")
     df = read_lightgcn(path)
     assert df["user"].tolist() == [0, 0, 2] and df["item"].tolist() == [5, 6, 7]
+
+
+def test_bench_lightgcn_writer_round_trips_through_the_reader(tmp_path):
+    """bench/write_lightgcn_split.py: ratings > 3.5, users >= 5, a seeded 80/20 per user, renumbered ids; the
+    files it writes read back as the same split."""
+    import pandas as pd
+
+    from bench.write_lightgcn_split import lightgcn_split, lines
+
+    from tests.multivae.conftest import fake_ratings
+
+    df = fake_ratings(n_users=60, n_items=40, seed=1)
+    train, test, stats = lightgcn_split(df, seed=7)
+    kept = df[df["rating"] > 3.5]
+    per_user = kept.groupby("user")["item"].apply(set)
+    per_user = per_user[per_user.apply(len) >= 5]
+    assert stats["users"] == len(per_user) == len(train) == len(test)
+    items = np.sort(kept[kept["user"].isin(per_user.index)]["item"].unique())
+    for row, (user, original) in enumerate(per_user.items()):
+        got = {int(items[i]) for i in np.r_[train[row], test[row]]}
+        assert got == original and not set(train[row]) & set(test[row])
+        assert len(train[row]) == min(max(round(0.8 * len(original)), 1), len(original) - 1)
+    again = lightgcn_split(df.sample(frac=1.0, random_state=3), seed=7)     # another row order, the same split
+    assert all((a == b).all() for a, b in zip(train, again[0]))
+    (tmp_path / "train.txt").write_text(lines(train))
+    (tmp_path / "test.txt").write_text(lines(test))
+    split = load_dataset(DatasetConfig(name="given", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt")), verbose=False)
+    assert split.stats()["train_file_interactions"] == stats["train_interactions"]
+    assert split.test_target.nnz == stats["test_interactions"]
+    assert isinstance(read_lightgcn(tmp_path / "test.txt"), pd.DataFrame)
