@@ -56,6 +56,11 @@ class ModelDir:
 def known_from_split(split) -> tuple[np.ndarray, sp.csr_matrix]:
     """(user ids, rows) of every user of a `SplitData`: training rows, and for validation and test users
     their fold-in and held-out target together (a recommendation must never return any of them)."""
+    if split.info.get("protocol") == "weak":   # fixed files (multivae.data.given): one row per user in every matrix
+        rows = (split.test_fold_in + split.test_target).tocsr()
+        rows.data[:] = 1.0
+        rows.sort_indices()
+        return np.asarray(split.train_user_ids), rows.astype(np.float32)
     users = np.concatenate([np.asarray(split.train_user_ids), np.asarray(split.val_user_ids), np.asarray(split.test_user_ids)])
     rows = sp.vstack([split.train, split.val_fold_in + split.val_target, split.test_fold_in + split.test_target], format="csr")
     rows.data[:] = 1.0     # fold-in and target are disjoint; this only guards against a 2 from overlap

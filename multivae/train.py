@@ -1,9 +1,10 @@
-"""`python -m multivae.train`: train one Mult-VAE / Mult-DAE (or score popularity) and test the best model.
+"""`python -m multivae.train`: train one Mult-VAE / Mult-DAE (or fit EASE, or score popularity) and test the best model.
 
     python -m multivae.train --dataset ml-1m --data-dir ../shared/datasets --out runs/ml1m-vae
     python -m multivae.train --dataset synthetic --epochs 20 --out runs/synthetic
     python -m multivae.train --data ratings.csv --user-col uid --item-col sid --out runs/mine
     python -m multivae.train --config ray_results/<experiment>/best_config.yaml --dataset ml-1m --out runs/best
+    python -m multivae.train --train-file train.txt --test-file test.txt --model ease --out runs/lg-ease   # a fixed split
 
 Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights), `<out>/metrics.json` (the settings
 really used, split statistics, validation curve, test metrics of the best model, time per epoch) and
@@ -30,6 +31,7 @@ from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.files import atomic_write_json, check_writable_dir
+from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
@@ -41,7 +43,10 @@ MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hid
                "dropout": "dropout", "no_normalize": "normalize_input"}
 TRAIN_FLAGS = {k: k for k in ("epochs", "batch_size", "lr", "weight_decay", "anneal_cap", "anneal_steps", "seed", "device",
                               "threads", "adam", "malloc")}
-DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "data_dir", "heldout_users", "min_rating")
+DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "data_dir", "heldout_users", "min_rating",
+              "train_file", "test_file", "valid_file", "split_format", "valid_fraction", "retrain")
+GIVEN_FLAGS = {"train_file": "train", "test_file": "test", "valid_file": "valid", "split_format": "format",
+               "valid_fraction": "valid_fraction", "retrain": "retrain"}   # flag dest -> DatasetConfig key (name: given)
 # What may change on --resume: training longer, and where/how fast it runs (not what it computes).
 RESUME_MAY_CHANGE = ("epochs", "device", "threads", "malloc")
 # Keys of a search's best_config.yaml that describe the search, not the model: read past.
@@ -69,8 +74,19 @@ def _parser() -> ArgParser:
     d.add_argument("--cache-dir", help="where downloads and processed splits are cached (default $MULTIVAE_DATA_DIR or ~/.cache/multivae)")
     d.add_argument("--heldout-users", type=float, help="validation (and test) users: a count, or a fraction < 0.5 (default: the dataset's preset)")
     d.add_argument("--min-rating", type=float, help="keep ratings > this (default 3.5, the paper)")
+    g = p.add_argument_group("fixed split (weak generalization; multivae.data.given)")
+    g.add_argument("--train-file", metavar="PATH", help="training interactions of a fixed split (with --test-file)")
+    g.add_argument("--test-file", metavar="PATH", help="test interactions of a fixed split, used once for the chosen model")
+    g.add_argument("--valid-file", metavar="PATH", help="default: hold out --valid-fraction of each user's training rows")
+    g.add_argument("--split-format", choices=["lightgcn", "csv", "recbole"], help="default: from the train file's name")
+    g.add_argument("--valid-fraction", type=float, help="default 0.1")
+    g.add_argument("--retrain", choices=["none", "train+valid"], help="refit the chosen model on train + valid before the test (default none)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=["vae", "dae", "popularity"], default=M.model, help="Mult-VAE, Mult-DAE, or the popularity baseline (default vae)")
+    m.add_argument("--model", choices=["vae", "dae", "ease", "popularity"], default=M.model,
+                   help="Mult-VAE, Mult-DAE, EASE, or the popularity baseline (default vae)")
+    m.add_argument("--ease-lambda", type=float, nargs="+", metavar="L",
+                   help="EASE lambda, or several: the grid chosen from on validation (default 50 100 200 500 1000 2000 5000)")
+    m.add_argument("--ease-dtype", choices=["float64", "float32"], default="float64", help="EASE Gram matrix and solve (default float64)")
     m.add_argument("--likelihood", choices=["multinomial", "bernoulli", "gaussian"], default=M.likelihood,
                    help="decoder likelihood (default multinomial, the paper's)")
     m.add_argument("--hidden-dims", type=int, nargs="*", help="hidden layer sizes (default: 600 for vae, none for dae)")
@@ -188,7 +204,14 @@ def dataset_config_from_args(args: Any, explicit: set[str] | None = None, base: 
 
     explicit = set(DATA_FLAGS) & set(vars(args)) if explicit is None else explicit
     fields: dict[str, Any] = dict(base or {})
-    if "data" in explicit and args.data:
+    if {"train_file", "test_file"} & explicit:
+        if "data" in explicit and args.data:
+            raise UserError("--data and --train-file/--test-file exclude each other")
+        fields = {k: v for k, v in fields.items() if k in ("protocol", "cache")} | {"name": "given"}
+        fields |= {key: getattr(args, dest) for dest, key in GIVEN_FLAGS.items() if dest in explicit}
+    elif set(GIVEN_FLAGS) & explicit:
+        raise UserError("--valid-file, --split-format, --valid-fraction and --retrain need --train-file and --test-file")
+    elif "data" in explicit and args.data:
         if fields.get("name") != "file" or fields.get("path") != args.data:
             fields = {k: v for k, v in fields.items() if k in ("protocol", "cache")}
         fields |= {"name": "file", "path": args.data}
@@ -272,7 +295,8 @@ class ProgressBar(Callback):
 
     def on_epoch(self, record: dict, state: TrainState) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(ndcg=f"{record['ndcg@100']:.4f}", best=f"{record['best_ndcg@100']:.4f}", beta=f"{record['kl_weight']:.3f}")
+            m = state.train_config.select_metric
+            self.bar.set_postfix({m: f"{record[m]:.4f}", "best": f"{record[f'best_{m}']:.4f}", "beta": f"{record['kl_weight']:.3f}"})
             self.bar.update(1)
 
     def close(self) -> None:
@@ -319,6 +343,8 @@ def train_one(split, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, resume
 
 def main(argv: Sequence[str] | None = None) -> int:
     from multivae.data import load_dataset
+    from multivae.data.given import metric_preset, retrain_split
+    from multivae.ease import DEFAULT_GRID, ease_baseline
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -343,8 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = args.model if "model" in explicit else model_given.get("model", "vae")
     beta_star = args.beta_star
     dataset_base = file.get("dataset")
+    if args.ease_lambda is not None and (kind != "ease" or min(args.ease_lambda) <= 0):
+        raise UserError(f"--ease-lambda needs --model ease and values > 0, got {args.ease_lambda} with --model {kind}")
     model_cfg = cfg = None
-    if kind != "popularity":
+    if kind not in ("popularity", "ease"):
         if args.resume:
             ckpt = out / CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else out / "beta_sweep" / CHECKPOINT_NAME
             payload = load_checkpoint(ckpt)
@@ -360,6 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if beta_star:
             beta_star_sweep(cfg)   # refuses a schedule without a slope, before anything is read
     data_cfg = dataset_config_from_args(args, explicit, dataset_base)
+    # Unless given, the metrics (and the selecting one) are those of the split's source: the paper's, LightGCN's, RecBole's.
+    metrics, select_metric = metric_preset(data_cfg.name, data_cfg.format, data_cfg.train)
+    if cfg is not None:
+        if "metrics" in train_dict or "select_metric" in train_dict:
+            metrics, select_metric = cfg.metrics, cfg.select_metric
+        else:
+            cfg = dataclasses.replace(cfg, metrics=tuple(metrics), select_metric=select_metric)
     split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
     stats = split.stats()
     if stats["val_users_with_target"] == 0:
@@ -373,10 +408,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {"split_path": split.info.get("cache_path"), "dataset": to_dict(data_cfg), "source_path": split.info.get("source_path"),
              "beta_star": bool(beta_star)}
 
+    report["metric_definitions"] = metric_definitions(metrics)
     if kind == "popularity":
         score = popularity_scorer(split.train)
-        report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target),
-                   "test": evaluate(score, split.test_fold_in, split.test_target)}
+        report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target, metrics),
+                   "test": evaluate(score, split.test_fold_in, split.test_target, metrics)}
+    elif kind == "ease":
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
+        report |= ease_baseline(split, grid=args.ease_lambda or DEFAULT_GRID, metrics=metrics, select_metric=select_metric,
+                                dtype=args.ease_dtype)
+        print(f"EASE lambda = {report['lambda']:g} (validation {select_metric}: "
+              + ", ".join(f"{c['lambda']:g}: {c['val'][select_metric]:.4f}" for c in report["grid"])
+              + f"), {report['time_s']:.1f} s", file=sys.stderr)
     else:
         assert model_cfg is not None and cfg is not None
         extra["requested"] = {"model": to_dict(model_cfg), "train": to_dict(cfg)}
@@ -398,8 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             resume = args.resume
         state = train_one(split, model_cfg, cfg, out, resume, args.quiet, args.checkpoint_every, extra)
-        wall = time.perf_counter() - t0
         model = best_model(state)
+        if split.info.get("retrain") == "train+valid":
+            # The chosen epochs again on train + valid; its validation rows are now training data, so the last
+            # epoch's model is tested, not the best-by-validation one.
+            epochs = int(state.best["epoch"])
+            print(f"retraining on train + valid for {epochs} epochs (the best validation epoch)", file=sys.stderr)
+            again = train_one(retrain_split(split), model_cfg, dataclasses.replace(cfg, epochs=epochs), out / "retrain",
+                              False, args.quiet, args.checkpoint_every, extra)
+            model = again.model.eval()
+            report["retrain"] = {"on": "train+valid", "epochs": epochs}
+        wall = time.perf_counter() - t0
         device = next(model.parameters()).device
         epoch_times = [h["epoch_time_s"] for h in state.history]
         report |= {
@@ -425,10 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         raise UserError(f"{metrics_path}: cannot write ({exc.strerror or exc})") from None
     val, test = report["val"], report["test"]
-    print(f"{'':>6} {'NDCG@100':>9} {'Recall@20':>10} {'Recall@50':>10}")
+    print(f"{'':>6} " + " ".join(f"{m:>12}" for m in metrics))
     for name, r in (("val", val), ("test", test)):
-        print(f"{name:>6} {r.get('ndcg@100', float('nan')):9.4f} {r.get('recall@20', float('nan')):10.4f} {r.get('recall@50', float('nan')):10.4f}")
-    if kind != "popularity":
+        print(f"{name:>6} " + " ".join(f"{r.get(m, float('nan')):12.4f}" for m in metrics))
+    if kind not in ("popularity", "ease"):
         print(f"best epoch {report['best']['epoch']} (beta {report['best']['kl_weight']:.4f}), "
               f"{report['time_per_epoch_s']:.3f} s/epoch train, {report['eval_time_per_epoch_s']:.3f} s/epoch validation")
         print(f"wrote {metrics_path} and the model folder {out / MODEL_DIR} (python -m multivae.recommend --checkpoint {out} --user ...)")
