@@ -20,6 +20,7 @@ from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import to_dict
 from multivae.errors import UserError
 from multivae.evaluate import evaluate_on_split, model_scorer
+from multivae.metrics import metric_definitions
 from multivae.training import best_model, restore_state
 from tuning import experiment, ray_compat
 from tuning.experiment import TrialRecord
@@ -72,9 +73,9 @@ def trials_table(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[
 
 
 def metrics_table(rows: list[tuple[str, dict]], metrics: Sequence[str]) -> str:
-    lines = [f"{'':<18}" + "".join(f"{m.replace('ndcg', 'NDCG').replace('recall', 'Recall'):>20}" for m in metrics)]
+    lines = [f"{'':<22}" + "".join(f"{m.replace('ndcg', 'NDCG').replace('recall', 'Recall'):>20}" for m in metrics)]
     for label, r in rows:
-        lines.append(f"{label:<18}" + "".join(f"{r.get(m, math.nan):>11.4f} ± {r.get(m + '_se', math.nan):.4f}" for m in metrics))
+        lines.append(f"{label:<22}" + "".join(f"{r.get(m, math.nan):>11.4f} ± {r.get(m + '_se', math.nan):.4f}" for m in metrics))
     return "\n".join(lines)
 
 
@@ -98,6 +99,7 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
 
     final = evaluate_trial(best, split)
     state = final.pop("_state")
+    ease = ease_yardstick(split, final["train_config"]["metrics"], metric)
     best_value = best.best_value(metric, mode)
     best_row = best.best(metric, mode) or {}
     note = None
@@ -110,10 +112,11 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         "best_trial": {"trial_id": best.trial_id, "path": best.path, "status": best.status, "config": best.config,
                        f"best_{metric}": best_value, "epochs_trained": best.epochs, "best_epoch": final["best_epoch"],
                        "beta_at_best": final["beta_at_best"]},
-        "val": final["val"], "test": final["test"], "popularity": final["popularity"],
+        "val": final["val"], "test": final["test"], "popularity": final["popularity"], "ease": ease,
         "model_config": final["model_config"], "train_config": final["train_config"],
         "checkpoint": final["checkpoint"], "checkpoint_epoch": final["checkpoint_epoch"],
         "anneal_steps": final["anneal_steps"], "trials": counts, "search_metric": metric, "mode": mode,
+        "metric_definitions": metric_definitions(final["train_config"]["metrics"]),
         "scheduler": dataclasses.asdict(space.scheduler), "trials_table": trials_table(trials, metric, mode),
         "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": resumed,
         "finalized_early": bool(early and finalize_now),
@@ -129,8 +132,12 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.config.items()))
     print(f"\nbest trial {best.trial_id}: validation {metric} {best_value:.4f} at epoch {final['best_epoch']} of "
           f"{best.epochs} (beta* {final['beta_at_best']:.4f}); {params}")
-    print(metrics_table([("validation", final["val"]), ("test", final["test"]), ("popularity test", final["popularity"]["test"])],
-                        final["train_config"]["metrics"]))
+    rows = [("validation", final["val"]), ("test", final["test"]), ("popularity test", final["popularity"]["test"])]
+    if "test" in ease:
+        rows.append((f"EASE test (λ={ease['lambda']:g})", ease["test"]))
+    print(metrics_table(rows, final["train_config"]["metrics"]))
+    if "skipped" in ease:
+        print(f"EASE not computed: {ease['skipped']}")
     print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_by_asha']} stopped by ASHA, "
           f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
     if note:
@@ -139,6 +146,18 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
           f"next: python -m multivae.recommend --checkpoint {exp_path} --user <id>   |   python -m tuning.report {exp_path}"
           f"   |   tensorboard --logdir {exp_path}")
     return 0
+
+
+def ease_yardstick(split, metrics: Sequence[str], select_metric: str) -> dict[str, Any]:
+    """EASE (Steck, 2019) on the same users, λ chosen on validation: the closed-form baseline every result
+    stands next to. A catalogue too large for this machine's memory is recorded as skipped, with the reason."""
+    from multivae.ease import ease_baseline
+
+    try:
+        out = ease_baseline(split, metrics=metrics, select_metric=select_metric, baselines=False)
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    return {k: v for k, v in out.items() if k in ("lambda", "select_metric", "grid", "val", "test", "dtype", "time_s")}
 
 
 def write_best_model(exp_path: str, state, split, dataset: dict[str, Any], metrics: dict[str, Any], command: str | None) -> str:
@@ -177,5 +196,5 @@ def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any
         "dataset": to_dict(space.dataset), "model": to_dict(model_cfg), "train": to_dict(train_cfg)}), sort_keys=False)
 
 
-__all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "evaluate_trial", "finalize", "metrics_table", "pick_best",
+__all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "ease_yardstick", "evaluate_trial", "finalize", "metrics_table", "pick_best",
            "read_search", "trials_table", "write_best_model"]

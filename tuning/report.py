@@ -327,12 +327,19 @@ def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
     lines.append("Trials: " + ", ".join(f"{n} {STATUS_LABEL[s]}" for s, n in counts.items() if n) + f" ({len(trials)} in all).")
     if info.results:
         r = info.results
+        metrics = list((r.get("train_config") or {}).get("metrics") or ("ndcg@100", "recall@20", "recall@50"))
         lines += ["", "## Best trial, tested once on the held-out test users", "",
                   f"Trial `{r['best_trial']['trial_id']}`: best validation epoch {r['best_trial']['best_epoch']} of "
                   f"{r['best_trial']['epochs_trained']}, beta there {_fmt(r['best_trial']['beta_at_best'])}.", "",
-                  "| | NDCG@100 | Recall@20 | Recall@50 |", "|---|---|---|---|"]
-        for label, m in (("validation", r["val"]), ("test", r["test"]), ("popularity (test)", r["popularity"]["test"])):
-            lines.append(f"| {label} | " + " | ".join(f"{m[k]:.4f} ± {m[k + '_se']:.4f}" for k in ("ndcg@100", "recall@20", "recall@50")) + " |")
+                  "| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        compared = [("validation", r["val"]), ("test", r["test"]), ("popularity (test)", r["popularity"]["test"])]
+        ease = r.get("ease") or {}
+        if "test" in ease:
+            compared.append((f"EASE, λ = {ease['lambda']:g} chosen on validation (test)", ease["test"]))
+        for label, m in compared:
+            lines.append(f"| {label} | " + " | ".join(f"{m[k]:.4f} ± {m[k + '_se']:.4f}" if k in m else "—" for k in metrics) + " |")
+        if "skipped" in ease:
+            lines += ["", f"EASE not computed: {ease['skipped']}"]
     else:
         lines += ["", "No `results.json` yet (the search is running, was interrupted, or `tuning.run` did not finish): "
                   "validation results only."]

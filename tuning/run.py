@@ -176,9 +176,8 @@ class Plan:
 
 
 def plan_run(args) -> Plan:
-    """Load the space, apply the flags (or, with --resume, the ones recorded), check the experiment directory,
-    then take the experiment's lock (a refused run has written nothing, not even a lock file). `main` releases
-    the lock whatever happens next."""
+    """Load the space, apply the flags (or, with --resume, the ones recorded), check the experiment directory.
+    Nothing is written yet (`take_lock` comes once the data has loaded too)."""
     from tuning.space import load_space, with_overrides
 
     root = experiment.storage_root(args.storage)
@@ -204,6 +203,12 @@ def plan_run(args) -> Plan:
                 "optuna_storage": args.optuna_storage, "max_failures": args.max_failures,
                 "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         plan = Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name), study_storage, replace)
+    return plan
+
+
+def take_lock(plan: Plan, args) -> None:
+    """The experiment's lock, taken once every check (flags, space, experiment folder, data) has passed, so a
+    refused run has written nothing at all; `main` releases it whatever happens next."""
     note = plan.lock.acquire()
     if note and not args.quiet:
         print(f"{plan.exp_path}: {note}", file=sys.stderr)
@@ -211,7 +216,6 @@ def plan_run(args) -> Plan:
         plan.lock.release()
         raise UserError(f"{plan.exp_path}: an experiment of that name was just created by another run; pass --resume to "
                         f"continue it or --overwrite to replace it")
-    return plan
 
 
 def _plan_resume(args, root: str, name: str, exp_path: str) -> Plan:
@@ -328,6 +332,7 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
     try:
         with term:
             split = load_dataset(plan.space.dataset, cache_dir=args.cache_dir, verbose=not args.quiet)   # once, here
+            take_lock(plan, args)
             fit_wall = run_search(plan, split, args, callbacks, term)
         if term.received:   # Tune saved the experiment and stopped: say how to go on, and finish nothing
             print(f"stopped by SIGTERM; the experiment is saved. Continue it with: {plan.resume_cmd}", file=sys.stderr)

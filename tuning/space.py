@@ -36,7 +36,7 @@ from multivae.config import from_dict, to_dict
 from multivae.data import DatasetConfig
 from multivae.errors import UserError, one_line, short_repr
 from multivae.yamlfile import load_yaml_file
-from multivae.metrics import parse_metric
+from multivae.metrics import FROM_HITS, parse_metric
 from multivae.model import ModelConfig
 from multivae.training import TrainConfig
 
@@ -59,7 +59,7 @@ DISTRIBUTION_KEYS = {
     "choice": ("type", "values"),
 }
 SCHEDULER_KEYS = {"asha": ("type", "max_t", "grace_period", "reduction_factor"), "fifo": ("type",)}
-HIGHER_IS_BETTER = ("ndcg", "recall")   # every validation metric the trials report
+HIGHER_IS_BETTER = tuple(FROM_HITS)   # every validation metric the trials report (ndcg, recall, recall_n, precision, hit)
 OBJECTIVES = ("best", "last")   # search.objective: a trial's best epoch's value (the model it keeps), or its last
 
 

@@ -115,7 +115,9 @@ def test_optuna_study_results_json_and_report_agree_on_every_trial(smoke_experim
         assert max(t.intermediate_values.values()) == pytest.approx(row["best_ndcg@100"], abs=0)
         assert board[tid]["best_ndcg@100"] == pytest.approx(row["best_ndcg@100"], rel=1e-12)
         if row["status"] == "stopped_by_asha":
-            assert t.state == optuna.trial.TrialState.PRUNED and t.value is None, tid
+            # Optuna values a pruned trial by its last intermediate value: the epoch where ASHA stopped it
+            assert t.state == optuna.trial.TrialState.PRUNED, tid
+            assert t.value == t.intermediate_values[max(t.intermediate_values)], tid
             pruned += 1
         else:
             assert row["status"] == "completed" and t.state == optuna.trial.TrialState.COMPLETE, tid
