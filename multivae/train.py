@@ -32,7 +32,7 @@ from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.files import atomic_write_json, check_writable_dir
 from multivae.metrics import metric_definitions
-from multivae.evaluate import evaluate, model_scorer, popularity_scorer
+from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
                                save_state)
@@ -463,10 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "time_per_epoch_s": sum(epoch_times) / max(1, len(epoch_times)),
             "eval_time_per_epoch_s": sum(h["eval_time_s"] for h in state.history) / max(1, len(state.history)),
             "wall_s": wall,
-            "test": evaluate(model_scorer(model), split.test_fold_in, split.test_target, cfg.metrics, cfg.eval_batch_size, device),
             "history": state.history,
         }
-        report["val"] = state.best.get("val", {})
+        # the protocol's last step, as the search's: the best model on validation and test, popularity beside it
+        report |= evaluate_on_split(model_scorer(model), split, cfg.metrics, cfg.eval_batch_size, device)
         from multivae.artifact import known_from_split, save_model_dir
 
         save_model_dir(out / MODEL_DIR, model, model_cfg, split.item_ids, known_from_split(split),
@@ -479,9 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         raise UserError(f"{metrics_path}: cannot write ({exc.strerror or exc})") from None
     val, test = report["val"], report["test"]
-    print(f"{'':>6} " + " ".join(f"{m:>12}" for m in metrics))
-    for name, r in (("val", val), ("test", test)):
-        print(f"{name:>6} " + " ".join(f"{r.get(m, float('nan')):12.4f}" for m in metrics))
+    print(f"{'':>8} " + " ".join(f"{m:>12}" for m in metrics))
+    shown = [("val", val), ("test", test)] + ([("pop test", report["popularity"]["test"])] if "popularity" in report else [])
+    for name, r in shown:
+        print(f"{name:>8} " + " ".join(f"{r.get(m, float('nan')):12.4f}" for m in metrics))
     if kind not in ("popularity", "ease"):
         print(f"best epoch {report['best']['epoch']} (beta {report['best']['kl_weight']:.4f}), "
               f"{report['time_per_epoch_s']:.3f} s/epoch train, {report['eval_time_per_epoch_s']:.3f} s/epoch validation")

@@ -324,6 +324,24 @@ class ExperimentLock:
                                                       "user": _user(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
         return f"took over the lock of a driver that is gone ({previous})" if previous != "holder unknown" else None
 
+    def refuse_if_live(self) -> None:
+        """Refuse now, before any work, when a live run holds the lock; creates nothing (a lock file that does
+        not exist yet cannot be held)."""
+        if not self.path.exists():
+            return
+        if self._lock.is_locked:
+            return
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.exp}: another tuning.run is using this experiment ({self._holder()}); wait for it "
+                            f"to finish, or use another --name") from None
+        except OSError:
+            return   # unreadable: `acquire` says so when the lock is really taken
+        self._lock.release()
+
     def release(self) -> None:
         if self._lock.is_locked:
             self.info_path.unlink(missing_ok=True)

@@ -203,6 +203,7 @@ def plan_run(args) -> Plan:
                 "optuna_storage": args.optuna_storage, "max_failures": args.max_failures,
                 "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         plan = Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name), study_storage, replace)
+    plan.lock.refuse_if_live()   # a live run: refused before the data is read (`take_lock` takes it for real later)
     return plan
 
 
