@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     root = Path(args.root)
     if args.run:
-        todo = [command(m, pr, s, args.data_dir, root, args.epochs) for pr in args.precisions for m in args.models for s in SEEDS
+        # seed by seed, so that a partial run still gives complete fp32 / bf16 pairs
+        todo = [command(m, pr, s, args.data_dir, root, args.epochs) for s in SEEDS for m in args.models for pr in args.precisions
                 if not (run_dir(root, m, pr, s) / "metrics.json").exists()]
         run_missing(todo, args.jobs, root / "logs")
     table = aggregate(root, args.precisions)
