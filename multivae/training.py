@@ -143,7 +143,8 @@ class Callback:
     """Hooks the loop calls; `tuning/` subclasses this to report to Ray Tune and TensorBoard."""
 
     def on_step(self, record: dict[str, float]) -> None:
-        """After every optimizer update: global_step, epoch, loss, recon, kl, kl_weight."""
+        """Every optimizer update's record: global_step, epoch, loss, recon, kl, kl_weight (Python numbers), in
+        order. On CPU right after the update; on CUDA the epoch's records come in one batch at its end."""
 
     def on_epoch(self, record: dict[str, Any], state: TrainState) -> bool | None:
         """After every epoch's validation. Return True to stop training."""
