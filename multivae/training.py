@@ -160,7 +160,7 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
 
 def cpu_has_bf16_matmul() -> bool:
     """Whether torch multiplies bf16 natively on this CPU (oneDNN with AVX512-BF16 or AMX). Elsewhere (e.g. an
-    AVX2-only CPU) bf16 GEMMs run in a fallback kernel, measured 20-25x slower than fp32 on an AMD EPYC."""
+    AVX2-only CPU) bf16 GEMMs run in a fallback kernel, measured 13x slower than fp32 on an AMD EPYC."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -262,7 +262,8 @@ def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig
     lam = resolved_weight_decay(cfg, model_cfg)
     if cfg.precision == "bf16" and next(state.model.parameters()).device.type == "cpu" and not cpu_has_bf16_matmul():
         warnings.warn("precision bf16: this CPU has no bf16 matmul units (no AVX512-BF16/AMX), so training runs much "
-                      "slower than fp32 (20-25x measured on an AVX2 CPU); bf16-sim gives bf16's numerics at fp32 speed", stacklevel=2)
+                      "slower than fp32 (13x slower matmuls measured on an AVX2 CPU); bf16-sim gives bf16's numerics at "
+                      "about fp32 speed", stacklevel=2)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         train_stats = train_epoch(state, split, anneal_steps, lam, callback)
