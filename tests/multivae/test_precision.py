@@ -166,7 +166,7 @@ def test_precision_is_a_searchable_choice_in_a_yaml_space():
             "  precision: {type: choice, values: [fp32, bf16, bf16-sim]}\n"
             "  tf32: {type: choice, values: [false, true]}\n")
     space = parse_space(load_yaml_text(text, "p.yaml"), "p.yaml")
-    assert space.params["precision"].values == ("fp32", "bf16", "bf16-sim")
+    assert tuple(space.params["precision"].choices) == ("fp32", "bf16", "bf16-sim")
     _, cfg = split_trial_config({"epochs": 2, "precision": "bf16", "tf32": True}, where="trial")
     assert (cfg.precision, cfg.tf32) == ("bf16", True)
     with pytest.raises(UserError, match="precision"):
