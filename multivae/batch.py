@@ -18,14 +18,15 @@ class SparseBatch:
     n_items: int
 
     @classmethod
-    def from_csr(cls, m: sp.csr_matrix, rows: np.ndarray | slice | None = None) -> "SparseBatch":
+    def from_csr(cls, m: sp.csr_matrix, rows: np.ndarray | slice | None = None, pin: bool = False) -> "SparseBatch":
+        """`pin`: page-locked host memory, so that `.to(cuda)` copies asynchronously (non_blocking)."""
         if rows is not None:
             m = m[rows]
-        return cls(
-            indices=torch.from_numpy(np.ascontiguousarray(m.indices, dtype=np.int64)),
-            offsets=torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=np.int64)),
-            n_items=int(m.shape[1]),
-        )
+        indices = torch.from_numpy(np.ascontiguousarray(m.indices, dtype=np.int64))
+        offsets = torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=np.int64))
+        if pin:
+            indices, offsets = indices.pin_memory(), offsets.pin_memory()
+        return cls(indices=indices, offsets=offsets, n_items=int(m.shape[1]))
 
     @property
     def n_rows(self) -> int:
@@ -44,7 +45,12 @@ class SparseBatch:
 
     def row_of_each(self) -> torch.Tensor:
         """The row index of every stored entry (for gathers and scatters)."""
-        return torch.repeat_interleave(torch.arange(self.n_rows, device=self.device), self.counts())
+        return self.repeat_rows(torch.arange(self.n_rows, device=self.device))
+
+    def repeat_rows(self, per_row: torch.Tensor) -> torch.Tensor:
+        """A per-row value repeated for each of the row's entries. The output size is known on the host,
+        so CUDA need not read the counts back (repeat_interleave would wait for the device otherwise)."""
+        return torch.repeat_interleave(per_row, self.counts(), output_size=self.indices.numel())
 
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         x = torch.zeros(self.n_rows, self.n_items, dtype=dtype, device=self.device)

@@ -24,23 +24,27 @@ def per_user_metrics(
     batch_size: int = 2000,
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Per-user values (NaN for users without a target), in row order."""
+    """Per-user values (NaN for users without a target), in row order. The values stay on the device until
+    all batches are scored and come back in one transfer per metric (no host round trip per batch)."""
     parsed = {m: parse_metric(m) for m in metrics}
-    out: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
-    n_target = torch.from_numpy(np.diff(target.indptr).astype(np.int64))
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
+    n_target_host = np.diff(target.indptr).astype(np.int64)
+    n_target = torch.from_numpy(n_target_host).to(device)
     for start in range(0, fold_in.shape[0], batch_size):
         rows = slice(start, min(start + batch_size, fold_in.shape[0]))
-        if not n_target[rows].any():
+        if not n_target_host[rows].any():
             for m in metrics:
-                out[m].append(np.full(rows.stop - rows.start, np.nan))
+                out[m].append(torch.full((rows.stop - rows.start,), float("nan"), dtype=torch.float64, device=device))
             continue
-        x = SparseBatch.from_csr(fold_in, rows).to(device)
+        x = SparseBatch.from_csr(fold_in, rows, pin=pin).to(device)
         scores = score(x).float()
         scores[x.row_of_each(), x.indices] = -torch.inf        # never recommend what the user already has
-        t = SparseBatch.from_csr(target, rows).to(device).dense(torch.bool)
-        for m, v in ranking_metrics(scores, t, n_target[rows].to(t.device), parsed).items():
-            out[m].append(v.cpu().numpy())
-    return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
+        t = SparseBatch.from_csr(target, rows, pin=pin).to(device).dense(torch.bool)
+        for m, v in ranking_metrics(scores, t, n_target[rows], parsed).items():
+            out[m].append(v)
+    return {m: torch.cat(v).cpu().numpy() if v else np.zeros(0) for m, v in out.items()}
 
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:

@@ -86,7 +86,7 @@ class _Autoencoder(nn.Module):
         vals = torch.ones(x.indices.numel(), device=x.device, dtype=self.enc_w[0].dtype)
         if self.config.normalize_input:
             norms = x.counts().clamp_min(1).to(vals.dtype).rsqrt()   # ||row||_2 of a binary row = sqrt(nnz)
-            vals = vals * torch.repeat_interleave(norms, x.counts())
+            vals = vals * x.repeat_rows(norms)
         return F.dropout(vals, self.config.dropout, self.training)
 
     def _first_layer(self, x: SparseBatch | torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from multivae.files import atomic_write_json, check_writable_dir
 from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
-from multivae.training import (ADAM_KERNELS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
+from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
                                save_state)
 
 MODEL_DIR = "model"
@@ -42,7 +42,7 @@ MODEL_DIR = "model"
 MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hidden_dims", "latent_dim": "latent_dim",
                "dropout": "dropout", "no_normalize": "normalize_input"}
 TRAIN_FLAGS = {k: k for k in ("epochs", "batch_size", "lr", "weight_decay", "anneal_cap", "anneal_steps", "seed", "device",
-                              "threads", "adam", "malloc")}
+                              "threads", "adam", "malloc", "precision", "tf32")}
 DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "data_dir", "heldout_users", "min_rating",
               "train_file", "test_file", "valid_file", "split_format", "valid_fraction", "retrain")
 GIVEN_FLAGS = {"train_file": "train", "test_file": "test", "valid_file": "valid", "split_format": "format",
@@ -110,6 +110,10 @@ def _parser() -> ArgParser:
                    help="Adam kernel (one algorithm; fused is fastest, foreach/single_tensor match each other bit for bit)")
     t.add_argument("--malloc", choices=list(MALLOC_MODES), default=T.malloc,
                    help="keep: glibc keeps freed memory for reuse (faster, same numbers); default: leave it alone")
+    t.add_argument("--precision", choices=list(PRECISIONS), default=T.precision,
+                   help="bf16: training matmuls under bf16 autocast on fp32 weights, losses in fp32; bf16-sim: bf16's rounding "
+                        "on fp32 units (default fp32)")
+    t.add_argument("--tf32", action="store_true", help="CUDA: TF32 for the fp32 training matmuls")
     t.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (always at the end; default 10)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="runs/train", help="output directory (default runs/train)")

@@ -2,14 +2,21 @@
 
 The KL weight follows the global step (optimizer updates over all epochs), which lives in `TrainState`
 and in every checkpoint, so it never resets between epochs or on resume.
+
+Precision: `precision: bf16` runs the model's matmuls under autocast (CPU or CUDA) on fp32 master weights;
+log_softmax, the losses and the KL are taken in fp32, and validation scores in plain fp32. The loop never
+waits for the device inside an epoch on CUDA: the step records stay on the device and come back once per
+epoch (on CPU every step, where reading them costs nothing), and a non-finite loss is found then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,7 @@ import torch
 
 from multivae.allocator import MALLOC_MODES, keep_freed_memory
 from multivae.batch import SparseBatch
+from multivae.bf16sim import Bf16Sim
 from multivae.checkpoint import load_checkpoint, save_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.data.split import SplitData
@@ -36,6 +44,12 @@ REFERENCE_TOTAL_ANNEAL_EPOCHS = REFERENCE_TOTAL_ANNEAL_STEPS / REFERENCE_BATCHES
 # torch.optim.Adam's kernels: the same update rule; "foreach" and "single_tensor" give bit-identical results
 ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single_tensor": {"foreach": False}}
 REFERENCE_DAE_LAMBDA = 0.01  # divided by the batch size in the reference notebook (lam=0.01 / batch_size)
+PRECISIONS = ("fp32", "bf16", "bf16-sim")   # bf16-sim: bf16 numerics on fp32 units (multivae.bf16sim)
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite: a one-line error (exit 2) naming the step, the epoch and the lr.
+    Also a FloatingPointError, which is what callers caught before."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,10 @@ class TrainConfig:
                                         # 1.3-1.5x faster per step and differs from the others in the last bits
     malloc: str = "keep"                # keep: glibc keeps freed memory for reuse (multivae.allocator; same
                                         # numbers, 1.35x per step on CPU); default: leave the allocator alone
+    precision: str = "fp32"             # fp32 | bf16: the training matmuls under bf16 autocast, fp32 master
+                                        # weights, losses in fp32; validation and test always score in fp32 |
+                                        # bf16-sim: bf16's rounding on fp32 units (quality checks without bf16 hardware)
+    tf32: bool = False                  # CUDA only: TF32 for the fp32 training matmuls (no effect on CPU)
 
     def __post_init__(self) -> None:
         from multivae.config import check_device_name, check_domains
@@ -68,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"adam must be one of {list(ADAM_KERNELS)}, got {self.adam!r}")
         if self.malloc not in MALLOC_MODES:
             raise ValueError(f"malloc must be one of {list(MALLOC_MODES)}, got {self.malloc!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         for m in (*self.metrics, self.select_metric):
             parse_metric(m)
         if self.select_metric not in self.metrics:
@@ -123,7 +143,8 @@ class Callback:
     """Hooks the loop calls; `tuning/` subclasses this to report to Ray Tune and TensorBoard."""
 
     def on_step(self, record: dict[str, float]) -> None:
-        """After every optimizer update: global_step, epoch, loss, recon, kl, kl_weight."""
+        """Every optimizer update's record: global_step, epoch, loss, recon, kl, kl_weight (Python numbers), in
+        order. On CPU right after the update; on CUDA the epoch's records come in one batch at its end."""
 
     def on_epoch(self, record: dict[str, Any], state: TrainState) -> bool | None:
         """After every epoch's validation. Return True to stop training."""
@@ -137,36 +158,88 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
     return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether torch multiplies bf16 natively on this CPU (oneDNN with AVX512-BF16 or AMX). Elsewhere (e.g. an
+    AVX2-only CPU) bf16 GEMMs run in a fallback kernel, measured 13x slower than fp32 on an AMD EPYC."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextlib.contextmanager
+def training_precision(device: torch.device, cfg: TrainConfig):
+    """The numerics of the training forward pass: bf16 autocast (matmuls in bf16, weights stay fp32) and,
+    on CUDA, TF32 for fp32 matmuls when asked; restores the process-wide TF32 setting afterwards."""
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            before = torch.backends.cuda.matmul.fp32_precision
+            torch.backends.cuda.matmul.fp32_precision = "tf32" if cfg.tf32 else "ieee"
+            stack.callback(setattr, torch.backends.cuda.matmul, "fp32_precision", before)
+        if cfg.precision == "bf16":
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        elif cfg.precision == "bf16-sim":
+            stack.enter_context(Bf16Sim())
+        yield
+
+
+class _StepLog:
+    """Step records kept on the device and read back in one transfer per flush (a host sync per flush,
+    not per step), then checked for divergence and delivered to `Callback.on_step` in order."""
+
+    def __init__(self, state: TrainState, callback: Callback) -> None:
+        self.state, self.callback = state, callback
+        self.pending: list[tuple[int, float, torch.Tensor]] = []     # global step, kl weight, [loss, recon, kl]
+        self.sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+        self.n = 0
+
+    def add(self, global_step: int, beta: float, loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor) -> None:
+        self.pending.append((global_step, beta, torch.stack([loss.detach(), recon.detach(), kl.detach()])))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([v for _, _, v in self.pending]).cpu().tolist()
+        epoch, lr = self.state.epoch + 1, self.state.train_config.lr
+        for (g, beta, _), (loss, recon, kl) in zip(self.pending, values):
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss} at global step {g} (epoch {epoch}); "
+                                       f"lower the learning rate (lr={lr})")
+            step = {"global_step": g, "epoch": epoch, "loss": loss, "recon": recon, "kl": kl, "kl_weight": beta}
+            for k in self.sums:
+                self.sums[k] += step[k]
+            self.n += 1
+            self.callback.on_step(step)
+        self.pending.clear()
+
+
 def train_epoch(state: TrainState, split: SplitData, anneal_steps: int, lam: float, callback: Callback) -> dict[str, float]:
     model, opt, cfg = state.model, state.optimizer, state.train_config
     device = next(model.parameters()).device
     is_vae = isinstance(model, MultiVAE)
+    pin = device.type == "cuda"
+    log = _StepLog(state, callback)
     model.train()
     order = state.rng.permutation(split.train.shape[0])
-    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-    n_batches = 0
     beta = 0.0
-    for start in range(0, len(order), cfg.batch_size):
-        x = SparseBatch.from_csr(split.train, np.sort(order[start:start + cfg.batch_size])).to(device)
-        beta = kl_weight(state.global_step, cfg.anneal_cap, anneal_steps) if is_vae else 0.0
-        logits, mu, logvar = model(x)
-        recon = reconstruction_loss(logits, x, model.config.likelihood)
-        kl = kl_divergence(mu, logvar) if is_vae else torch.zeros((), device=device)
-        loss = recon + beta * kl + l2_penalty(model, lam)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.global_step += 1
-        step = {"global_step": state.global_step, "epoch": state.epoch + 1, "loss": loss.item(),
-                "recon": recon.item(), "kl": kl.item(), "kl_weight": beta}
-        if not math.isfinite(step["loss"]):
-            raise FloatingPointError(f"loss became {step['loss']} at global step {state.global_step} (epoch {state.epoch + 1}); "
-                                     f"lower the learning rate (lr={cfg.lr})")
-        for k in sums:
-            sums[k] += step[k]
-        n_batches += 1
-        callback.on_step(step)
-    return {k: v / max(1, n_batches) for k, v in sums.items()} | {"kl_weight": beta}
+    with training_precision(device, cfg):
+        for start in range(0, len(order), cfg.batch_size):
+            x = SparseBatch.from_csr(split.train, np.sort(order[start:start + cfg.batch_size]), pin=pin).to(device)
+            beta = kl_weight(state.global_step, cfg.anneal_cap, anneal_steps) if is_vae else 0.0
+            logits, mu, logvar = model(x)
+            with torch.autocast(device.type, enabled=False):      # log_softmax, losses and KL in fp32
+                recon = reconstruction_loss(logits.float(), x, model.config.likelihood)
+                kl = kl_divergence(mu.float(), logvar.float()) if is_vae else torch.zeros((), device=device)
+                loss = recon + beta * kl + l2_penalty(model, lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.global_step += 1
+            log.add(state.global_step, beta, loss, recon, kl)
+            if device.type == "cpu":
+                log.flush()          # free on CPU: report and check every step
+    log.flush()
+    return {k: v / max(1, log.n) for k, v in log.sums.items()} | {"kl_weight": beta}
 
 
 def validate(state: TrainState, split: SplitData) -> dict[str, float]:
@@ -187,6 +260,10 @@ def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig
         keep_freed_memory()
     anneal_steps = resolved_anneal_steps(cfg, split.train.shape[0])
     lam = resolved_weight_decay(cfg, model_cfg)
+    if cfg.precision == "bf16" and next(state.model.parameters()).device.type == "cpu" and not cpu_has_bf16_matmul():
+        warnings.warn("precision bf16: this CPU has no bf16 matmul units (no AVX512-BF16/AMX), so training runs much "
+                      "slower than fp32 (13x slower matmuls measured on an AVX2 CPU); bf16-sim gives bf16's numerics at "
+                      "about fp32 speed", stacklevel=2)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         train_stats = train_epoch(state, split, anneal_steps, lam, callback)

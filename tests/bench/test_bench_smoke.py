@@ -34,8 +34,10 @@ def test_train_throughput_tiny(tmp_path):
         assert {"users_per_s_wall", "users_per_s_cpu", "vs_naive_cpu", "pct_of_limit_naive_flops_cpu",
                 "pct_of_limit_dense_in_ours_cpu", "epoch_s_ml20m_cpu"} <= set(row)
         assert row["users_per_s_cpu"] > 0
-    assert set(run["limits"]) == {"naive_flops", "dense_in_ours"}
-    assert {"phase_cpu_s_median", "top_ops"} <= set(doc["profile"]["default"])
+    assert set(run["limits"]) == {"naive_flops", "dense_in_ours", "dense_in_ours_bf16"}
+    assert run["cases"]["default/ours+bf16"]["pct_of_limit_dense_in_ours_bf16_cpu"] > 0
+    assert {"phase_cpu_s_median", "top_ops"} <= set(doc["profile"]["default"]) and doc["profile"]["default/bf16"]["precision"] == "bf16"
+    assert doc["cuda"] is None or set(doc["cuda"]["train"]) == {"fp32", "tf32", "bf16"}
 
 
 def test_eval_throughput_tiny(tmp_path):
