@@ -44,8 +44,9 @@ def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRec
     return pick(ranked, key=lambda t: t.best_value(metric, mode))
 
 
-def evaluate_trial(trial: TrialRecord, split) -> dict[str, Any]:
-    """Restore the trial's last checkpoint, take its best-by-validation weights, test them once."""
+def evaluate_trial(trial: TrialRecord, split) -> tuple[dict[str, Any], Any]:
+    """Restore the trial's last checkpoint, take its best-by-validation weights, test them once; the results
+    and the restored TrainState (its best weights become best_model/)."""
     import torch
 
     epoch, folder = trial.checkpoints()[-1]
@@ -59,7 +60,7 @@ def evaluate_trial(trial: TrialRecord, split) -> dict[str, Any]:
     return {"checkpoint": folder, "checkpoint_epoch": state.epoch, "best_epoch": state.best.get("epoch"),
             "beta_at_best": state.best.get("kl_weight"), "global_step": state.global_step,
             "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
-            "model_config": to_dict(state.model_config), "train_config": to_dict(cfg), **scores, "_state": state}
+            "model_config": to_dict(state.model_config), "train_config": to_dict(cfg), **scores}, state
 
 
 def trials_table(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[dict[str, Any]]:
@@ -97,8 +98,7 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         raise UserError(f"{exp_path}: no trial left a checkpointed result ({counts['errored']} errored); "
                         f"see the error.txt files, then {resume_cmd} --retry-errored")
 
-    final = evaluate_trial(best, split)
-    state = final.pop("_state")
+    final, state = evaluate_trial(best, split)
     ease = ease_yardstick(split, final["train_config"]["metrics"], metric)
     best_value = best.best_value(metric, mode)
     best_row = best.best(metric, mode) or {}

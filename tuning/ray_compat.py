@@ -157,6 +157,11 @@ def trial_working_dir() -> Path:
         return Path(ctx.get_trial_dir())
 
 
+def _snapshots(folder: Path) -> list[str]:
+    """The experiment's `experiment_state-*.json` files, oldest first (Ray names them by time)."""
+    return sorted(glob.glob(str(folder / "experiment_state-*.json")))
+
+
 def check_snapshot(exp_path: str) -> None:
     """Refuse to resume from a damaged experiment snapshot: Ray 2.60 skips an unreadable newest
     `experiment_state-*.json` and starts the search again beside the old trials, mixing two runs' results."""
@@ -166,7 +171,7 @@ def check_snapshot(exp_path: str) -> None:
     local = local_path(exp_path)
     if local is None:
         return   # a remote snapshot is read by Ray itself
-    files = sorted(glob.glob(str(local / "experiment_state-*.json")))
+    files = _snapshots(local)
     if not files:
         raise UserError(f"{exp_path}: no experiment state (experiment_state-*.json) to resume from")
     try:
@@ -194,7 +199,7 @@ def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:
     local = local_path(exp_path)
     if local is None:
         return None
-    files = sorted(glob.glob(str(local / "experiment_state-*.json")))
+    files = _snapshots(local)
     if not files:
         return None
     try:
@@ -211,7 +216,7 @@ def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:
 def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str = "STOP") -> Path:
     """Write a cached decision for `trial_id` into the newest experiment snapshot, as Ray 2.60 does when the
     driver dies while that trial's checkpoint save is in flight (for the test of the fix above)."""
-    path = Path(sorted(glob.glob(str(Path(exp_path) / "experiment_state-*.json")))[-1])
+    path = Path(_snapshots(Path(exp_path))[-1])
     state = json.loads(path.read_text())
     state["runner_data"]["_cached_trial_decisions"] = {trial_id: decision}
     path.write_text(json.dumps(state))
