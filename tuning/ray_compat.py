@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,30 @@ def check_snapshot(exp_path: str) -> None:
 def quiet_checkpoint_logs() -> None:
     """Inside a trial: Ray 2.60 logs an INFO line per checkpoint upload from `ray.train._internal.storage`."""
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
+def quiet_worker_exit_on_sigterm() -> None:
+    """Inside a trial: a SIGTERM to the worker (Ray's shutdown after Ctrl-C / SIGTERM to the driver) must end it
+    without a traceback on the driver's terminal.
+
+    Ray 2.60's worker handles SIGTERM by raising `SystemExit` in its main thread (`Worker.main_loop`'s
+    `sigterm_handler`). When the signal lands while that thread runs a weakref callback or a `__del__`, Python
+    cannot propagate the exception and prints "Exception ignored in ... Traceback ... SystemExit: 1" through
+    `sys.unraisablehook`, which Ray forwards to the driver. This hook drops exactly that case (a `SystemExit`
+    that could not be raised) and passes every other unraisable exception to the previous hook. The hook is
+    the interpreter's public API; no Ray name is touched, so a Ray version without the behaviour is unaffected.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_multivae_quiet_sigterm", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        previous(unraisable)
+
+    hook._multivae_quiet_sigterm = True   # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def snapshot_trial_states(exp_path: str) -> dict[str, str] | None:

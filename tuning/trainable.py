@@ -24,7 +24,7 @@ from ray import tune
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
-from tuning.ray_compat import quiet_checkpoint_logs, trial_working_dir
+from tuning.ray_compat import quiet_checkpoint_logs, quiet_worker_exit_on_sigterm, trial_working_dir
 from tuning.space import split_trial_config
 from tuning.tblog import TrialWriter
 
@@ -87,6 +87,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     if split is None:
         raise ValueError("train_multivae needs the dataset: tune.with_parameters(train_multivae, split=split)")
     quiet_checkpoint_logs()
+    quiet_worker_exit_on_sigterm()
     ctx = tune.get_context()
     trial = ctx.get_trial_name() or "trial"
     model_cfg, cfg = split_trial_config(config, where=f"trial {trial}")
