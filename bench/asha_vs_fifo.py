@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print_table(["search", "trials", "stopped by ASHA", "epochs trained", "best val NDCG@100", "test NDCG@100 (its best trial)",
                  "search wall s"],
-                [[k, s["trials"]["total"], s["trials"]["stopped_by_asha"], s["epochs_trained"], f"{s[f'best_val_{METRIC}']:.4f}",
+                [[k, s["trials"]["total"], s["trials"]["stopped_early"], s["epochs_trained"], f"{s[f'best_val_{METRIC}']:.4f}",
                   f"{s['best_trial'][f'test_{METRIC}']:.4f}", round(s["wall_s"]["search"])] for k, (s, _) in searches.items()])
     print()
     rows = []

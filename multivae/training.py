@@ -321,13 +321,20 @@ def configs_from_payload(payload: dict[str, Any], where: str) -> tuple[ModelConf
 
 
 def restore_state(path, n_items: int | None = None, device: str | None = None,
-                  train_config: TrainConfig | None = None, item_ids: np.ndarray | None = None) -> TrainState:
+                  train_config: TrainConfig | None = None, item_ids: np.ndarray | None = None,
+                  model_config: ModelConfig | None = None) -> TrainState:
     """Rebuild a TrainState from a checkpoint (optionally with a new train config, e.g. more epochs).
 
+    `train_config`: replaces the checkpoint's; its lr goes into the restored optimizer's groups (Adam's
+    moments stay), its anneal cap and weight decay act from the next step on. `model_config`: replaces the
+    checkpoint's where the weights still fit it (a new dropout; another architecture is refused). This is how
+    PBT continues a copied trial with perturbed hyperparameters.
     `item_ids`: the dataset's item columns; refused unless they are the checkpoint's, in the same order."""
     payload = load_checkpoint(path)
     where = str(path)
     model_cfg, cfg = configs_from_payload(payload, where)
+    if model_config is not None:
+        model_cfg = model_config
     if train_config is not None:
         cfg = train_config
     if device is not None:
@@ -347,6 +354,8 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
         state.optimizer.load_state_dict(payload["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: checkpoint does not match its model config ({str(exc).splitlines()[0]})") from None
+    for group in state.optimizer.param_groups:   # load_state_dict brought back the checkpoint's lr
+        group["lr"] = cfg.lr
     state.epoch, state.global_step = int(payload["epoch"]), int(payload["global_step"])
     state.best, state.best_model, state.history = dict(payload["best"]), payload["best_model"], list(payload["history"])
     state.rng.bit_generator.state = payload["rng"]["numpy"]

@@ -35,8 +35,8 @@ TRIAL_RESULTS = "result.json"
 TRIAL_ERRORS = ("error.txt", "error.pkl")
 
 # A trial's status. Every reader of an experiment uses these words and `trial_status`'s rule.
-STATUSES = ("completed", "stopped_by_asha", "errored", "unfinished", "pending")
-STATUS_LABEL = {"completed": "completed", "stopped_by_asha": "stopped by ASHA", "errored": "errored",
+STATUSES = ("completed", "stopped_early", "errored", "unfinished", "pending")
+STATUS_LABEL = {"completed": "completed", "stopped_early": "stopped early", "errored": "errored",
                 "unfinished": "unfinished", "pending": "no result yet"}
 
 
@@ -61,7 +61,7 @@ def trial_status(*, epochs: int, planned: int | None, stopped: bool, errored: bo
     if epochs == 0:
         return "pending"
     if stopped:
-        return "stopped_by_asha" if planned is not None else "completed"
+        return "stopped_early" if planned is not None else "completed"
     return "unfinished"
 
 
@@ -243,12 +243,17 @@ def planned_epochs(config: dict[str, Any]) -> int | None:
     return None
 
 
-def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[str, str] | None = None) -> list[TrialRecord]:
+def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[str, str] | None = None,
+                stop_epochs: Iterable[int] = ()) -> list[TrialRecord]:
     """Every trial folder of the experiment (those with params.json), read and classified, in creation order.
 
-    `max_t`: the scheduler's last epoch (ASHA), else each trial's planned epochs come from its config.
+    `max_t`: the last epoch of a scheduler that stops trials early (ASHA, BOHB's HyperBand), else each
+    trial's planned epochs come from its config.
     `final_states`: Tune's status of each trial id (`tuning.ray_compat.snapshot_trial_states`); without it an
-    error file in the trial folder counts as a final error."""
+    error file in the trial folder counts as a final error.
+    `stop_epochs`: the scheduler's rungs. HyperBand pauses a trial at a rung and may stop it later while it is
+    paused, which logs no `done` row: a trial that Tune ended (TERMINATED) at a rung was stopped there."""
+    stop_epochs = set(stop_epochs)
     trials = []
     for i, d in enumerate(p for p in list_dirs(exp_path) if exists(join(p, TRIAL_PARAMS))):
         name = d.rstrip("/").rsplit("/", 1)[-1]
@@ -266,7 +271,8 @@ def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[s
         else:
             errored = any(exists(join(d, e)) for e in TRIAL_ERRORS)
         t = TrialRecord(trial_id, int(m.group(1)) if m else i + 1, d, config, rows, errored)
-        t.status = trial_status(epochs=t.epochs, planned=max_t or planned_epochs(config), stopped=t.stopped,
+        stopped_while_paused = (final_states or {}).get(trial_id) == "TERMINATED" and t.epochs in stop_epochs
+        t.status = trial_status(epochs=t.epochs, planned=max_t or planned_epochs(config), stopped=t.stopped or stopped_while_paused,
                                 errored=errored, checkpoint_epoch=t.checkpoint_epoch)
         trials.append(t)
     return sorted(trials, key=lambda t: t.number)

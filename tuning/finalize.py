@@ -31,8 +31,10 @@ EXIT_INTERRUPTED = 130
 
 def read_search(exp_path: str, space: SearchSpace) -> list[TrialRecord]:
     """The experiment's trials, classified with Tune's recorded final states."""
-    max_t = space.scheduler.max_t if space.scheduler.type == "asha" else None
-    return experiment.read_trials(exp_path, max_t=max_t, final_states=ray_compat.snapshot_trial_states(exp_path))
+    sched = space.scheduler
+    max_t = sched.max_t if sched.stops_early else None
+    return experiment.read_trials(exp_path, max_t=max_t, final_states=ray_compat.snapshot_trial_states(exp_path),
+                                  stop_epochs=sched.decision_epochs(max_t) if max_t else ())
 
 
 def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
@@ -138,7 +140,7 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     print(metrics_table(rows, final["train_config"]["metrics"]))
     if "skipped" in ease:
         print(f"EASE not computed: {ease['skipped']}")
-    print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_by_asha']} stopped by ASHA, "
+    print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_early']} stopped early, "
           f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
     if note:
         print(f"note: {note}")

@@ -66,7 +66,7 @@ class ProgressLine(tune.Callback):
         end = ""
         if result.get("done"):
             self.ended.add(trial.trial_id)
-            end = "  done" if self.max_t is None or epoch >= self.max_t else "  stopped by ASHA"
+            end = "  done" if self.max_t is None or epoch >= self.max_t else "  stopped early"
         k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
         of = f"/{self.max_t}" if self.max_t else ""
         n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
@@ -81,7 +81,9 @@ class ProgressLine(tune.Callback):
         k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
         n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
         epoch = (trial.last_result or {}).get("epoch", "?")
-        print(f"trial {n} {trial.trial_id}  done after epoch {epoch}{self._eta()}", flush=True)
+        # a trial HyperBand paused at a rung and then stopped (no `done` result), or one that ended at max_t
+        how = "stopped early" if self.max_t and isinstance(epoch, int) and epoch < self.max_t else "done"
+        print(f"trial {n} {trial.trial_id}  {how} after epoch {epoch}{self._eta()}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.ended.add(trial.trial_id)

@@ -5,11 +5,11 @@
 Reads only what Ray Tune left on disk (each trial's params.json, result.json and error file, plus
 `tuning_run.json`, `search_space.yaml` and `results.json` written by `tuning.run`), so it works while a
 search runs, after an interruption, and without Ray. Writes into `<experiment>/report/` (or --out):
-  leaderboard.csv, leaderboard.md   every trial: status (completed, stopped by ASHA, errored, unfinished),
+  leaderboard.csv, leaderboard.md   every trial: status (completed, stopped early, errored, unfinished),
                                     epochs run, best validation NDCG@100 and its epoch, beta there, params
   importances.csv                   Optuna's parameter importances (fANOVA) over the trials' best values
   history.png                       each trial's best value in start order, and the running best
-  curves.png                        validation NDCG@100 per epoch of the top trials; x marks an ASHA stop
+  curves.png                        validation NDCG@100 per epoch of the top trials; x marks a stop by the scheduler (ASHA, HyperBand)
   ndcg_vs_anneal_cap.png            best value against the anneal cap (colour: beta at the best epoch)
   report.md                         all of the above, linked
 """
@@ -48,10 +48,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_trials(exp: Path, max_t: int | None) -> list[TrialRecord]:
+def load_trials(exp: Path, max_t: int | None, rungs: Sequence[int] = ()) -> list[TrialRecord]:
     """The experiment's trials (`tuning.experiment.read_trials`), with Tune's recorded final states when its
     snapshot is there, and each config flattened for the tables."""
-    trials = experiment.read_trials(str(exp), max_t=max_t, final_states=ray_compat.snapshot_trial_states(str(exp)))
+    trials = experiment.read_trials(str(exp), max_t=max_t, final_states=ray_compat.snapshot_trial_states(str(exp)),
+                                    stop_epochs=rungs)
     for t in trials:
         t.config = _flatten(t.config)
     return trials
@@ -64,7 +65,7 @@ class RunInfo:
     metric: str = "ndcg@100"
     mode: str = "max"
     max_t: int | None = None
-    rungs: list[int] = field(default_factory=list)          # the epochs at which ASHA may stop a trial
+    rungs: list[int] = field(default_factory=list)          # the epochs at which the scheduler may stop a trial
     params: list[str] = field(default_factory=list)         # the searched parameters, in the space's order
     distributions: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] | None = None
@@ -82,16 +83,15 @@ def read_run_info(exp: Path) -> RunInfo:
     if (exp / SPACE_COPY).exists():
         try:
             from tuning.space import load_space
-            from tuning.space import asha_rungs
 
             space = load_space(str(exp / SPACE_COPY))
             info.space_name = space.name
             if (exp / RUN_META).exists():   # the name it was started with (the copy's file name is not it)
                 info.space_name = json.loads((exp / RUN_META).read_text()).get("space", space.name)
             info.metric, info.mode = space.search.metric, space.search.mode
-            if space.scheduler.type == "asha":
+            if space.scheduler.stops_early:
                 sched = space.scheduler
-                info.max_t, info.rungs = sched.max_t, asha_rungs(sched.grace_period, sched.max_t, sched.reduction_factor)
+                info.max_t, info.rungs = sched.max_t, sched.decision_epochs(sched.max_t)
             info.distributions = dict(space.params)
             info.params = list(info.distributions)
         except Exception as exc:  # noqa: BLE001 - the report still works from the trials alone
@@ -198,7 +198,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def plot_history(trials: list[Trial], metric: str, mode: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     xs, ys, running, run_best = [], [], [], None
-    markers = {"completed": ("o", "C0"), "stopped_by_asha": ("x", "C3"), "errored": ("s", "0.5"), "unfinished": ("^", "C2")}
+    markers = {"completed": ("o", "C0"), "stopped_early": ("x", "C3"), "errored": ("s", "0.5"), "unfinished": ("^", "C2")}
     for t in trials:
         best = t.best(metric, mode)
         if best is None:
@@ -244,13 +244,13 @@ def plot_curves(trials: list[Trial], metric: str, mode: str, top: int, max_t: in
         (line,) = ax.plot(ep, val, color=color, lw=1.6, marker="." if len(ep) < 40 else None, zorder=2,
                           label=f"{t.trial_id} ({t.best(metric, mode)[metric]:.4f})")
         handles.append(line)
-        if t.status in ("stopped_by_asha", "errored"):
-            ax.scatter([ep[-1]], [val[-1]], marker="x" if t.status == "stopped_by_asha" else "s", s=80, color=color, zorder=4)
-    handles.append(Line2D([], [], color="k", marker="x", ls="", markersize=8, label="stopped by ASHA"))
+        if t.status in ("stopped_early", "errored"):
+            ax.scatter([ep[-1]], [val[-1]], marker="x" if t.status == "stopped_early" else "s", s=80, color=color, zorder=4)
+    handles.append(Line2D([], [], color="k", marker="x", ls="", markersize=8, label="stopped early"))
     if any(t.status == "errored" for t in ranked[:top]):
         handles.append(Line2D([], [], color="k", marker="s", ls="", label="errored"))
     if rungs:
-        handles.append(Line2D([], [], color="C3", ls=":", label="ASHA rungs"))
+        handles.append(Line2D([], [], color="C3", ls=":", label="scheduler rungs"))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"Learning curves of the top {min(top, len(ranked))} trials" + (" (grey: the others)" if len(ranked) > top else ""))
@@ -279,12 +279,12 @@ def plot_vs_anneal_cap(trials: list[Trial], metric: str, mode: str, path: Path) 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     if pts:
         xs, ys, cs, st = zip(*pts)
-        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=45, edgecolors=["C3" if s == "stopped_by_asha" else "k" for s in st], linewidths=1.8, zorder=3)
+        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=45, edgecolors=["C3" if s == "stopped_early" else "k" for s in st], linewidths=1.8, zorder=3)
         fig.colorbar(sc, ax=ax, label="beta at the best epoch")
     xlabel = "anneal cap" if key else "beta at the best epoch (anneal_cap is not a trial parameter)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"validation {metric} (best epoch)")
-    ax.set_title(f"{metric} vs anneal cap (red edge: stopped by ASHA)")
+    ax.set_title(f"{metric} vs anneal cap (red edge: stopped early)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -294,7 +294,7 @@ def plot_vs_anneal_cap(trials: list[Trial], metric: str, mode: str, path: Path) 
 
 def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
     info = read_run_info(exp)
-    trials = load_trials(exp, info.max_t)
+    trials = load_trials(exp, info.max_t, info.rungs)
     if not trials:
         raise UserError(f"{exp}: no trials found (expected trial folders with params.json)")
     results = [Path(t.path) / experiment.TRIAL_RESULTS for t in trials]
@@ -347,7 +347,7 @@ def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
               markdown_table(rows[:top]),
               "## Parameter importances", "",
               "Optuna's fANOVA importances on a study rebuilt from the trials, each valued by its best validation "
-              f"`{info.metric}` (trials stopped by ASHA count with their best before the stop). [importances.csv](importances.csv)", ""]
+              f"`{info.metric}` (trials stopped early count with their best before the stop). [importances.csv](importances.csv)", ""]
     if importances:
         lines += ["| parameter | importance |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in importances.items()]
     else:
@@ -355,7 +355,7 @@ def build_report(exp: Path, out: Path, top: int = 20) -> dict[str, Any]:
     lines += ["", "## Plots", "",
               "Optimization history: each trial's best validation value in the order the trials started, and the best so far.", "",
               "![optimization history](history.png)", "",
-              "Validation curves of the top trials; an x marks a trial that ASHA stopped at that epoch.", "",
+              "Validation curves of the top trials; an x marks a trial that the scheduler stopped at that epoch.", "",
               "![learning curves](curves.png)", "",
               f"Best validation value against the {cap_label}.", "",
               "![NDCG vs anneal cap](ndcg_vs_anneal_cap.png)", ""]

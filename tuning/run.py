@@ -195,6 +195,9 @@ def plan_run(args) -> Plan:
                 raise UserError(f"{exp_path}: an experiment of that name exists; pass --resume to continue it or --overwrite to replace it")
             check_replaceable(exp_path)
         study_storage = None
+        if args.optuna_storage and space.scheduler.type not in ("fifo", "asha"):
+            raise UserError(f"--optuna-storage {args.optuna_storage}: {space.source} has scheduler.type {space.scheduler.type}, "
+                            f"whose searcher is not Optuna (only fifo and asha search with Optuna's TPE)")
         if args.optuna_storage:
             from tuning.tuner import open_optuna_storage
 

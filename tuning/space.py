@@ -58,7 +58,17 @@ DISTRIBUTION_KEYS = {
     "int": ("type", "low", "high", "step", "log"),
     "choice": ("type", "values"),
 }
-SCHEDULER_KEYS = {"asha": ("type", "max_t", "grace_period", "reduction_factor"), "fifo": ("type",)}
+SCHEDULER_KEYS = {
+    "fifo": ("type",),
+    "asha": ("type", "max_t", "grace_period", "reduction_factor"),
+    "bohb": ("type", "max_t", "reduction_factor"),
+    "pbt": ("type", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations"),
+}
+# What PBT may change in a running trial: values that leave the model's shapes and the meaning of a step
+# alone, so the copied checkpoint goes on training (lr, weight_decay: the optimizer's groups; dropout: the
+# model's; anneal_cap: the KL weight from the next step on). Architecture, batch size and likelihood stay.
+PBT_MUTABLE = ("lr", "weight_decay", "dropout", "anneal_cap")
+PBT_KEEP = 4   # checkpoints kept per trial under PBT unless checkpoint.keep says otherwise (see _parse)
 HIGHER_IS_BETTER = tuple(FROM_HITS)   # every validation metric the trials report (ndcg, recall, recall_n, precision, hit)
 OBJECTIVES = ("best", "last")   # search.objective: a trial's best epoch's value (the model it keeps), or its last
 
@@ -96,16 +106,38 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    type: str = "fifo"                         # asha | fifo
-    max_t: int | None = None                   # asha only: the trials' epochs
-    grace_period: int | None = None            # asha only
-    reduction_factor: float | None = None      # asha only
+    type: str = "fifo"                         # fifo | asha | bohb | pbt
+    max_t: int | None = None                   # asha, bohb: the trials' epochs (the last rung)
+    grace_period: int | None = None            # asha
+    reduction_factor: float | None = None      # asha, bohb
+    perturbation_interval: int | None = None   # pbt: epochs between exploit/explore decisions
+    quantile_fraction: float | None = None     # pbt: the bottom share copies the top share
+    resample_probability: float | None = None  # pbt: a mutated value is drawn afresh (else x0.8 or x1.2)
+    mutations: tuple[str, ...] | None = None   # pbt: the searched parameters it may change (PBT_MUTABLE)
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether trials may end before max_t (a stopped trial is `stopped_early`, not errored or unfinished)."""
+        return self.type in ("asha", "bohb")
+
+    def decision_epochs(self, epochs: int) -> list[int]:
+        """The epochs before the end at which this scheduler may stop, pause or copy a trial: each trial is
+        checkpointed there, so a stopped trial keeps its best weights and a paused or copied one resumes
+        from exactly that epoch."""
+        if self.type == "asha":
+            return asha_rungs(self.grace_period, self.max_t, self.reduction_factor)
+        if self.type == "bohb":
+            return hyperband_milestones(self.max_t, self.reduction_factor)
+        if self.type == "pbt":
+            return list(range(self.perturbation_interval, epochs, self.perturbation_interval))
+        return []
 
 
 @dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
+    reuse_actors: bool = True    # a finished trial's worker process runs the next trial (no new process, no re-import)
 
 
 @dataclass(frozen=True)
@@ -358,7 +390,10 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
 
     search = _search(p, data.get("search"), params, train_cfg)
     scheduler = _scheduler(p, data.get("scheduler"), params, train_cfg)
-    res = p.mapping(data.get("resources"), "resources", ("cpus_per_trial", "gpus_per_trial"))
+    res = p.mapping(data.get("resources"), "resources", ("cpus_per_trial", "gpus_per_trial", "reuse_actors"))
+    reuse = res.get("reuse_actors", Resources.reuse_actors)
+    if not isinstance(reuse, bool):
+        p.fail(f"resources.reuse_actors must be true or false, got {short_repr(reuse)}")
     cpus = p.number(res.get("cpus_per_trial", Resources.cpus_per_trial), "resources.cpus_per_trial")
     gpus = p.number(res.get("gpus_per_trial", Resources.gpus_per_trial), "resources.gpus_per_trial")
     if cpus <= 0:
@@ -369,14 +404,22 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
         if value > 1 and not float(value).is_integer():   # Ray places a fraction of one CPU/GPU, or whole ones
             p.fail(f"resources.{key} must be a fraction <= 1 or a whole number (Ray cannot place {value!r})")
     ck = p.mapping(data.get("checkpoint"), "checkpoint", ("every", "keep"))
-    every = p.integer(ck.get("every", CheckpointSettings.every), "checkpoint.every")
-    keep = p.integer(ck.get("keep", CheckpointSettings.keep), "checkpoint.keep")
+    pbt = scheduler.perturbation_interval if scheduler.type == "pbt" else None
+    every = p.integer(ck.get("every", pbt or CheckpointSettings.every), "checkpoint.every")
+    keep = p.integer(ck.get("keep", PBT_KEEP if pbt else CheckpointSettings.keep), "checkpoint.keep")
     for key, value in (("every", every), ("keep", keep)):
         if value < 1:
             p.fail(f"checkpoint.{key} must be >= 1, got {value!r}")
+    # PBT copies a trial's checkpoint of its last perturbation; the copying trial may start only after the
+    # copied one trained on. Checkpointing at the perturbations alone and keeping PBT_KEEP of them keeps that
+    # checkpoint there for PBT_KEEP - 1 more perturbation intervals (one in between would push it out sooner).
+    if pbt and every != pbt:
+        p.fail(f"checkpoint.every must equal scheduler.perturbation_interval ({pbt}) with scheduler.type pbt, got {every!r}")
+    if pbt and keep < 3:
+        p.fail(f"checkpoint.keep must be >= 3 with scheduler.type pbt (the copied checkpoint must outlive the next ones), got {keep!r}")
 
     return SearchSpace(name=name, source=source, description=description.strip(), dataset=dataset, fixed=fixed,
-                       params=params, search=search, scheduler=scheduler, resources=Resources(cpus, gpus),
+                       params=params, search=search, scheduler=scheduler, resources=Resources(cpus, gpus, reuse),
                        checkpoint=CheckpointSettings(every, keep))
 
 
@@ -422,21 +465,53 @@ def _scheduler(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg:
     if kind == "fifo":
         return SchedulerSettings("fifo")
     if "epochs" in params:
-        p.fail("params.epochs cannot be searched with scheduler.type asha (ASHA decides how long a trial runs): "
-               "fix epochs and set scheduler.max_t to it")
+        p.fail(f"params.epochs cannot be searched with scheduler.type {kind} (the scheduler decides how long a trial "
+               f"runs): fix epochs" + ("" if kind == "pbt" else " and set scheduler.max_t to it"))
     epochs = train_cfg.epochs
+    if kind == "pbt":
+        return _pbt(p, d, params, epochs)
     max_t = p.integer(d.get("max_t", epochs), "scheduler.max_t")
-    grace = p.integer(d.get("grace_period", 1), "scheduler.grace_period")
-    rf = p.number(d.get("reduction_factor", 4), "scheduler.reduction_factor")
-    if grace < 1:
+    grace = p.integer(d.get("grace_period", 1), "scheduler.grace_period") if kind == "asha" else None
+    rf = p.number(d.get("reduction_factor", 4 if kind == "asha" else 3), "scheduler.reduction_factor")
+    if grace is not None and grace < 1:
         p.fail(f"scheduler.grace_period must be >= 1, got {grace!r}")
-    if max_t < grace:
+    if grace is not None and max_t < grace:
         p.fail(f"scheduler.max_t must be >= grace_period ({grace}), got {max_t!r}")
     if max_t != epochs:
         p.fail(f"scheduler.max_t must equal the trials' epochs ({epochs}, the last rung is the end of training), got {max_t!r}")
     if rf <= 1:
         p.fail(f"scheduler.reduction_factor must be > 1, got {rf!r}")
-    return SchedulerSettings("asha", max_t, grace, float(rf))
+    if kind == "bohb":
+        if max_t < rf:
+            p.fail(f"scheduler.max_t must be >= reduction_factor ({rf:g}) for HyperBand to have a rung, got {max_t!r}")
+        bad = [k for k, dist in params.items() if isinstance(dist, _od().IntDistribution) and dist.step != 1]
+        if bad:
+            p.fail(f"params.{bad[0]}: BOHB's ConfigSpace has no integer step; use step 1 or a choice")
+    return SchedulerSettings(kind, max_t, grace, float(rf))
+
+
+def _pbt(p: _Parser, d: Mapping[str, Any], params: dict[str, Distribution], epochs: int) -> SchedulerSettings:
+    interval = p.integer(d.get("perturbation_interval", max(1, epochs // 10)), "scheduler.perturbation_interval")
+    if not 1 <= interval < epochs:
+        p.fail(f"scheduler.perturbation_interval must be in [1, epochs) = [1, {epochs}), got {interval!r}")
+    quantile = p.number(d.get("quantile_fraction", 0.25), "scheduler.quantile_fraction")
+    if not 0 < quantile <= 0.5:
+        p.fail(f"scheduler.quantile_fraction must be in (0, 0.5], got {quantile!r}")
+    resample = p.number(d.get("resample_probability", 0.25), "scheduler.resample_probability")
+    if not 0 <= resample <= 1:
+        p.fail(f"scheduler.resample_probability must be in [0, 1], got {resample!r}")
+    raw = d.get("mutations", [k for k in PBT_MUTABLE if k in params])
+    if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(x, str) for x in raw):
+        p.fail(f"scheduler.mutations must be a non-empty list of searched parameters among {', '.join(PBT_MUTABLE)}, got {short_repr(raw)}")
+    for name_ in raw:
+        if name_ not in PBT_MUTABLE:
+            p.fail(f"scheduler.mutations: PBT cannot change {short_repr(name_)} in a running trial (allowed: {', '.join(PBT_MUTABLE)})")
+        if name_ not in params:
+            p.fail(f"scheduler.mutations: {name_} must be a searched parameter (in params), so PBT has a range to explore")
+    if len(set(raw)) != len(raw):
+        p.fail(f"scheduler.mutations lists a parameter twice: {short_repr(raw)}")
+    return SchedulerSettings("pbt", perturbation_interval=interval, quantile_fraction=float(quantile),
+                             resample_probability=float(resample), mutations=tuple(raw))
 
 
 def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
@@ -447,6 +522,20 @@ def asha_rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[i
     n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
     milestones = (grace_period * reduction_factor ** k for k in range(n_rungs))
     return sorted({math.ceil(m) for m in milestones if m < max_t})
+
+
+def hyperband_milestones(max_t: int, reduction_factor: float) -> list[int]:
+    """The epochs before max_t at which HyperBand (BOHB's scheduler) pauses or stops a trial: in each bracket
+    s, r0 = int(max_t * rf^-s), then r = int(min(r * rf, max_t)) until max_t, as Ray's `HyperBandScheduler`
+    and its `_Bracket.successive_halving` compute them."""
+    s_max_1 = int(round(math.log(max_t) / math.log(reduction_factor))) + 1
+    found: set[int] = set()
+    for s in range(s_max_1):
+        r = int(max_t * reduction_factor ** (-s))
+        while 0 < r < max_t:
+            found.add(r)
+            r = int(min(r * reduction_factor, max_t))
+    return sorted(found)
 
 
 # --- values, probes, the dataclasses --------------------------------------------------------------------
@@ -495,8 +584,15 @@ def decode_value(name: str, value: Any, where: str = "trial config") -> Any:
     return decoded
 
 
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's config with numpy scalars (what TuneBOHB's ConfigSpace samples: np.int64, np.str_) as the
+    Python values the dataclasses and the logs take."""
+    return {k: (v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v) for k, v in config.items()}
+
+
 def split_trial_config(config: Mapping[str, Any], where: str) -> tuple[ModelConfig, TrainConfig]:
     """A trial's flat config (fixed + sampled values, list choices encoded) as (ModelConfig, TrainConfig)."""
+    config = plain_config(config)
     unknown = [k for k in config if k not in TRIAL_FIELDS]
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(TRIAL_FIELDS)})")
@@ -635,7 +731,7 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
 
 __all__ = [
     "SPACES_DIR", "CheckpointSettings", "Distribution", "Resources", "SchedulerSettings", "SearchSettings",
-    "SearchSpace", "asha_rungs", "available_spaces", "choice_values", "decode_value", "fixed_config",
-    "encode_value", "load_space", "parse_space", "representative", "space_to_dict", "space_to_yaml", "split_trial_config",
+    "SearchSpace", "asha_rungs", "hyperband_milestones", "available_spaces", "choice_values", "decode_value", "fixed_config",
+    "encode_value", "load_space", "parse_space", "plain_config", "representative", "space_to_dict", "space_to_yaml", "split_trial_config",
     "validate_resources", "with_overrides",
 ]

@@ -25,7 +25,7 @@ from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
 from tuning.ray_compat import quiet_checkpoint_logs, quiet_worker_exit_on_sigterm, trial_working_dir
-from tuning.space import split_trial_config
+from tuning.space import plain_config, split_trial_config
 from tuning.tblog import TrialWriter
 
 # What every tune.report carries (all of `fit`'s epoch record): the search metric and its context.
@@ -83,11 +83,12 @@ class TuneReporter(Callback):
 def train_multivae(config: dict[str, Any], split: SplitData | None = None, checkpoint_every: int = 1,
                    checkpoint_epochs: Iterable[int] = (), searched: Iterable[str] | None = None) -> None:
     """One trial. `split` comes from `tune.with_parameters`; `checkpoint_epochs` are extra epochs to
-    checkpoint at (the ASHA rungs), on top of every `checkpoint_every` epochs and the last one."""
+    checkpoint at (where the scheduler may stop, pause or copy the trial), on top of every `checkpoint_every` epochs and the last one."""
     if split is None:
         raise ValueError("train_multivae needs the dataset: tune.with_parameters(train_multivae, split=split)")
     quiet_checkpoint_logs()
     quiet_worker_exit_on_sigterm()
+    config = plain_config(config)
     ctx = tune.get_context()
     trial = ctx.get_trial_name() or "trial"
     model_cfg, cfg = split_trial_config(config, where=f"trial {trial}")
@@ -96,8 +97,13 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        # Tune restarting this trial (a retry, a resumed search, a paused HyperBand trial), or PBT continuing
+        # another trial's checkpoint with a perturbed config: the weights, optimizer moments, epoch, global step
+        # (the KL schedule's position) and RNG come from the checkpoint; lr, weight decay, dropout and the anneal
+        # cap come from this trial's config.
         with checkpoint.as_directory() as d:
-            state = restore_state(Path(d) / CHECKPOINT_NAME, n_items=split.n_items, device=cfg.device, train_config=cfg)
+            state = restore_state(Path(d) / CHECKPOINT_NAME, n_items=split.n_items, device=cfg.device, train_config=cfg,
+                                  model_config=model_cfg)
     else:
         state = init_state(split.n_items, model_cfg, cfg)
 

@@ -1,4 +1,9 @@
-"""Start or join Ray, and build the search: Optuna's TPE sampler, the scheduler (ASHA or FIFO) and the `Tuner`.
+"""Start or join Ray, and build the search: the searcher, the scheduler and the `Tuner`.
+
+FIFO and ASHA take Optuna's TPE as searcher (it is told each trial's best-so-far value, and trials ASHA stops
+are pruned: `tuning.ray_compat.optuna_search_class`). BOHB is Ray's `TuneBOHB` searcher with its
+`HyperBandForBOHB` scheduler (the two work only together). PBT samples its population at random (Tune's
+`BasicVariantGenerator`) and then copies and perturbs it (`PopulationBasedTraining`).
 
 Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds (a local Ray
 must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import to keep every connection on 127.0.0.1).
@@ -13,13 +18,13 @@ from typing import Any, Sequence
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from multivae.errors import UserError
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
-from tuning.space import SearchSpace, asha_rungs, fixed_config
+from tuning.space import SearchSpace, fixed_config
 
 
 def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
@@ -76,38 +81,108 @@ def create_study(storage, study_name: str, mode: str) -> None:
 def _trainable(space: SearchSpace, split):
     # looked up on the module when called, so a wrapper set there (the benches, the cluster tests) is used
     sched = space.scheduler
-    rungs = asha_rungs(sched.grace_period, sched.max_t, sched.reduction_factor) if sched.type == "asha" else []
+    epochs = sched.max_t or int(space.fixed.get("epochs", 0) or 0)
     return tune.with_resources(
-        tune.with_parameters(trainable.train_multivae, split=split, checkpoint_every=space.checkpoint.every, checkpoint_epochs=tuple(rungs),
-                              searched=tuple(space.params)),
+        tune.with_parameters(trainable.train_multivae, split=split, checkpoint_every=space.checkpoint.every,
+                             checkpoint_epochs=tuple(sched.decision_epochs(epochs)), searched=tuple(space.params)),
         {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial})
+
+
+def tune_domain(dist: Any):
+    """An Optuna distribution as Tune's search-space object (what TuneBOHB converts to ConfigSpace and what
+    PBT samples and resamples from). Tune's integer upper bounds are exclusive."""
+    od = optuna.distributions
+    if isinstance(dist, od.CategoricalDistribution):
+        return tune.choice(list(dist.choices))
+    if isinstance(dist, od.IntDistribution):
+        if dist.log:
+            return tune.lograndint(dist.low, dist.high + 1)
+        return tune.qrandint(dist.low, dist.high, dist.step) if dist.step != 1 else tune.randint(dist.low, dist.high + 1)
+    return tune.loguniform(dist.low, dist.high) if dist.log else tune.uniform(dist.low, dist.high)
+
+
+def clip_to_space(space: SearchSpace):
+    """PBT's explore multiplies a value by 0.8 or 1.2 without looking at its range: put it back inside the
+    searched range (a dropout of 0.96 or an anneal cap above the range would otherwise be trained)."""
+    bounds = {k: (d.low, d.high) for k, d in space.params.items() if k in (space.scheduler.mutations or ())
+              and not isinstance(d, optuna.distributions.CategoricalDistribution)}
+
+    def clip(config: dict) -> dict:
+        for key, (low, high) in bounds.items():
+            if key in config:
+                config[key] = type(config[key])(min(high, max(low, config[key])))
+        return config
+    return clip
+
+
+def _scheduler(space: SearchSpace):
+    search, sched = space.search, space.scheduler
+    common = {"time_attr": "epoch", "metric": search.metric, "mode": search.mode}
+    if sched.type == "asha":
+        return ASHAScheduler(**common, max_t=sched.max_t, grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+    if sched.type == "bohb":
+        return HyperBandForBOHB(**common, max_t=sched.max_t, reduction_factor=sched.reduction_factor)
+    if sched.type == "pbt":
+        return PopulationBasedTraining(
+            **common, perturbation_interval=sched.perturbation_interval, quantile_fraction=sched.quantile_fraction,
+            resample_probability=sched.resample_probability,
+            hyperparam_mutations={k: tune_domain(space.params[k]) for k in sched.mutations},
+            custom_explore_fn=clip_to_space(space))
+    return FIFOScheduler()
+
+
+def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
+    search, sched = space.search, space.scheduler
+    points = [dict(p) for p in search.points_to_evaluate] or None
+    if sched.type == "pbt":
+        # the whole population at once (max_concurrent 0), as PBT expects: Ray's CPUs decide how many train at
+        # a time; the others wait, paused or pending.
+        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
+    if sched.type == "bohb":
+        from ray.tune.search.bohb import TuneBOHB
+
+        try:
+            searcher = TuneBOHB(space={k: tune_domain(d) for k, d in space.params.items()}, metric=search.metric,
+                                mode=search.mode, points_to_evaluate=points, seed=search.seed)
+        except AssertionError as exc:   # TuneBOHB asserts that hpbandster and ConfigSpace import
+            raise UserError(f"scheduler.type bohb needs hpbandster and ConfigSpace: {exc}".splitlines()[0]) from None
+        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
+    searcher = ray_compat.optuna_search_class()(
+        space=dict(space.params), metric=search.metric, mode=search.mode, objective=search.objective,
+        planned_epochs=sched.max_t if sched.stops_early else None, sampler=optuna.samplers.TPESampler(seed=search.seed),
+        points_to_evaluate=points, **study)
+    return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """Tune's `param_space`: the fixed values, plus the searched ones as Tune domains where the searcher
+    samples from it (PBT's random sampling); Optuna and TuneBOHB hold their own space."""
+    fixed = fixed_config(space)
+    if space.scheduler.type == "pbt":
+        return {**fixed, **{k: tune_domain(d) for k, d in space.params.items()}}
+    return fixed
 
 
 def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: int, quiet: bool,
               callbacks: Sequence[Any] = (), optuna_storage: Any = None) -> tune.Tuner:
     """The Tuner of a new experiment `<root>/<name>`."""
     search, sched = space.search, space.scheduler
-    if sched.type == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric, mode=search.mode, max_t=sched.max_t,
-                                  grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
-    searcher = ray_compat.optuna_search_class()(
-        space=dict(space.params), metric=search.metric, mode=search.mode, objective=search.objective,
-        planned_epochs=sched.max_t if sched.type == "asha" else None, sampler=optuna.samplers.TPESampler(seed=search.seed),
-        points_to_evaluate=[dict(p) for p in search.points_to_evaluate] or None, **study)
-    progress = [] if quiet else [ProgressLine(search.metric, sched.max_t if sched.type == "asha" else None, search.num_samples)]
+    search_alg = _searcher(space, name, optuna_storage)
+    progress = [] if quiet else [ProgressLine(search.metric, sched.max_t if sched.stops_early else None, search.num_samples)]
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoint.keep),   # the latest ones
         failure_config=tune.FailureConfig(max_failures=max_failures),
         sync_config=tune.SyncConfig(sync_artifacts=True),   # uploads the trials' TensorBoard runs (tuning.trainable)
         callbacks=[NoTuneTensorBoard(), *progress, *callbacks])
-    tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
-                                  scheduler=scheduler, num_samples=search.num_samples, trial_dirname_creator=trial_dirname)
-    return tune.Tuner(_trainable(space, split), param_space=fixed_config(space), tune_config=tune_config, run_config=run_config)
+    # reuse_actors: a worker that finished a trial starts the next one (Tune resets the function trainable with
+    # the new config; `train_multivae` builds all its state from that config), instead of a new process that
+    # imports torch and Ray again.
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=_scheduler(space), num_samples=search.num_samples,
+                                  trial_dirname_creator=trial_dirname, reuse_actors=space.resources.reuse_actors)
+    return tune.Tuner(_trainable(space, split), param_space=param_space(space), tune_config=tune_config, run_config=run_config)
 
 
 def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: bool) -> tune.Tuner:
@@ -134,4 +209,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["check_cluster_resources", "create_study", "new_tuner", "open_optuna_storage", "restored_tuner", "start_ray"]
+__all__ = ["check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+           "restored_tuner", "start_ray", "tune_domain"]

@@ -64,7 +64,7 @@ def test_tiny_run_writes_consistent_json(tmp_path):
     assert set(searches) == {"fifo", "asha", "asha_on_fifo_configs"}
 
     fifo = searches["fifo"]
-    assert fifo["epochs_trained"] == n * max_t and fifo["trials"]["stopped_by_asha"] == 0
+    assert fifo["epochs_trained"] == n * max_t and fifo["trials"]["stopped_early"] == 0
     for s in searches.values():
         assert s["trials"]["total"] == len(s["per_trial"]) == n and s["trials"]["errored"] == 0
         assert sum(t["epochs"] for t in s["per_trial"]) == s["epochs_trained"]
@@ -72,7 +72,7 @@ def test_tiny_run_writes_consistent_json(tmp_path):
         assert Path(s["experiment"], "results.json").exists()
     for name in ("asha", "asha_on_fifo_configs"):
         assert n * grace <= searches[name]["epochs_trained"] <= fifo["epochs_trained"]
-        assert searches[name]["trials"]["stopped_by_asha"] + searches[name]["trials"]["completed"] == n
+        assert searches[name]["trials"]["stopped_early"] + searches[name]["trials"]["completed"] == n
     # the replay ran exactly FIFO's configurations
     assert doc["comparisons"]["identical_configs"]["configurations_in_common"] == n
 

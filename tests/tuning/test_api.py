@@ -24,7 +24,7 @@ def test_readme_search_snippet_runs_verbatim_and_agrees_with_the_files(ray_sessi
     results = json.loads((exp / "results.json").read_text())
     assert Path(found.experiment) == exp and found.test == results["test"] and found.val == results["val"]
     assert len(found.trials) == results["trials"]["total"] == 6
-    assert set(found.trials["status"]) <= {"completed", "stopped_by_asha"}
+    assert set(found.trials["status"]) <= {"completed", "stopped_early"}
     best = found.trials.loc[found.trials["best_ndcg@100"].idxmax()]
     assert best["trial_id"] == results["best_trial"]["trial_id"]
     assert found.best_config["model"]["latent_dim"] == best["latent_dim"]

@@ -26,8 +26,8 @@ REPO = Path(__file__).absolute().parents[2]
 @pytest.mark.parametrize("case,kwargs,expected", [
     ("finished all epochs", dict(epochs=6, planned=6, stopped=True, errored=False, checkpoint_epoch=6), "completed"),
     ("finished, `done` lost on resume", dict(epochs=6, planned=6, stopped=False, errored=False, checkpoint_epoch=6), "completed"),
-    ("stopped at the first rung", dict(epochs=2, planned=6, stopped=True, errored=False, checkpoint_epoch=2), "stopped_by_asha"),
-    ("stopped at the second rung", dict(epochs=4, planned=6, stopped=True, errored=False, checkpoint_epoch=4), "stopped_by_asha"),
+    ("stopped at the first rung", dict(epochs=2, planned=6, stopped=True, errored=False, checkpoint_epoch=2), "stopped_early"),
+    ("stopped at the second rung", dict(epochs=4, planned=6, stopped=True, errored=False, checkpoint_epoch=4), "stopped_early"),
     ("errored before its last epoch", dict(epochs=3, planned=6, stopped=False, errored=True, checkpoint_epoch=2), "errored"),
     ("errored after its last epoch, checkpointed", dict(epochs=6, planned=6, stopped=False, errored=True, checkpoint_epoch=6), "completed"),
     ("errored after its last epoch, last checkpoint missing", dict(epochs=6, planned=6, stopped=False, errored=True, checkpoint_epoch=4), "errored"),
@@ -75,12 +75,12 @@ def test_read_trials_parses_rows_once_and_classifies_with_tunes_final_states(tmp
     assert [r["epoch"] for r in by_id["aaaa0003"].rows] == [1, 2, 3, 4]
     assert by_id["aaaa0003"].rows[1]["ndcg@100"] == pytest.approx(0.1 + 0.02 + 0.003)   # the later report of epoch 2
     assert by_id["aaaa0003"].checkpoint_epoch == 4 and by_id["aaaa0004"].checkpoint_epoch == 2
-    assert {t.trial_id: t.status for t in trials} == {"aaaa0001": "completed", "aaaa0002": "stopped_by_asha",
+    assert {t.trial_id: t.status for t in trials} == {"aaaa0001": "completed", "aaaa0002": "stopped_early",
                                                       "aaaa0003": "unfinished", "aaaa0004": "errored", "aaaa0005": "completed"}
     # Tune's snapshot knows better than the error files: trial 4 was retried and is running again
     states = {"aaaa0004": "RUNNING", "aaaa0005": "TERMINATED"}
     assert {t.trial_id: t.status for t in read_trials(str(exp), max_t=6, final_states=states)}["aaaa0004"] == "unfinished"
-    assert experiment.status_counts(trials) == {"completed": 2, "stopped_by_asha": 1, "errored": 1, "unfinished": 1,
+    assert experiment.status_counts(trials) == {"completed": 2, "stopped_early": 1, "errored": 1, "unfinished": 1,
                                                 "pending": 0, "total": 5}
 
 

@@ -41,7 +41,7 @@ def test_report_of_the_smoke_experiment(smoke_experiment, tmp_path):
     assert rows[0]["trial_id"] == res["best_trial"]["trial_id"]
     assert abs(float(rows[0]["best_ndcg@100"]) - res["best_trial"]["best_ndcg@100"]) < 1e-9
     statuses = [r["status"] for r in rows]
-    assert statuses.count("stopped by ASHA") == res["trials"]["stopped_by_asha"]
+    assert statuses.count("stopped early") == res["trials"]["stopped_early"]
     assert statuses.count("completed") == res["trials"]["completed"]
     values = [float(r["best_ndcg@100"]) for r in rows]
     assert values == sorted(values, reverse=True)
@@ -74,7 +74,7 @@ def test_report_without_the_runs_own_files(smoke_experiment, tmp_path):
     rows = read_board(out)
     assert len(rows) == smoke_experiment.results["trials"]["total"]
     # without the space's max_t, a trial stopped early is one that ran fewer epochs than its config asked for
-    assert [r["status"] for r in rows].count("stopped by ASHA") == smoke_experiment.results["trials"]["stopped_by_asha"]
+    assert [r["status"] for r in rows].count("stopped early") == smoke_experiment.results["trials"]["stopped_early"]
     assert all((out / p).stat().st_size > 0 for p in PLOTS)
     params = json.loads((trial_dirs(exp)[0] / "params.json").read_text())
     varying = {k for k in params if len({r.get(k) for r in rows}) > 1}

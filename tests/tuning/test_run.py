@@ -39,7 +39,7 @@ def test_smoke_search_end_to_end(smoke_experiment):
 
     res = smoke_experiment.results
     assert res is not None and res["trials"]["total"] == space.search.num_samples
-    assert res["trials"]["stopped_by_asha"] == sum(e < max_t for e in epochs.values())
+    assert res["trials"]["stopped_early"] == sum(e < max_t for e in epochs.values())
     assert res["trials"]["errored"] == 0
     for split in ("val", "test"):
         for m in ("ndcg@100", "recall@20", "recall@50"):
@@ -114,7 +114,7 @@ def test_optuna_study_results_json_and_report_agree_on_every_trial(smoke_experim
         assert t.intermediate_values and max(t.intermediate_values) == row["epochs"]   # one value per epoch
         assert max(t.intermediate_values.values()) == pytest.approx(row["best_ndcg@100"], abs=0)
         assert board[tid]["best_ndcg@100"] == pytest.approx(row["best_ndcg@100"], rel=1e-12)
-        if row["status"] == "stopped_by_asha":
+        if row["status"] == "stopped_early":
             # Optuna values a pruned trial by its last intermediate value: the epoch where ASHA stopped it
             assert t.state == optuna.trial.TrialState.PRUNED, tid
             assert t.value == t.intermediate_values[max(t.intermediate_values)], tid
@@ -122,7 +122,7 @@ def test_optuna_study_results_json_and_report_agree_on_every_trial(smoke_experim
         else:
             assert row["status"] == "completed" and t.state == optuna.trial.TrialState.COMPLETE, tid
             assert t.value == row["best_ndcg@100"], tid             # the best epoch's value, not the last
-    assert pruned == res["trials"]["stopped_by_asha"] > 0
+    assert pruned == res["trials"]["stopped_early"] > 0
     assert study.best_value == res["best_trial"]["best_ndcg@100"]
 
 
