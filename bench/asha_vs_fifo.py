@@ -129,14 +129,15 @@ def space_yaml(base: dict[str, Any], scheduler: str, seed: int, points: list[dic
     }
 
 
-def run_search(name: str, space: dict[str, Any], work: Path, data_dir: str | None) -> tuple[dict[str, Any], list[tuple[float, float]]]:
-    """One search through the product's CLI code path; its summary and its epoch log."""
+def run_search(name: str, space: dict[str, Any], work: Path, data_dir: str | None,
+               log: "EpochLog | None" = None) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    """One search through the product's CLI code path; its summary and its epoch log (`log`: a subclass's)."""
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     argv = ["--space", str(path), "--storage", str(work / "ray_results"), "--name", name, "--num-cpus", str(NUM_CPUS),
             "--cache-dir", str(work / "cache"), "--quiet", "--overwrite", *(["--data-dir", data_dir] if data_dir else [])]
     print(f"\n{name}: python -m tuning.run {' '.join(argv)}", flush=True)
-    log = EpochLog(name)
+    log = log or EpochLog(name)
     t0 = time.perf_counter()
     rc = run.main(argv, callbacks=[log])
     wall = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Ray overhead: what running the search's trials through Ray Tune costs per trial, in time and in memory.
 
-    python -m bench.ray_overhead            # 8 trials of 2 epochs; a 124 MB split shared vs copied (~3 min)
+    python -m bench.ray_overhead            # 8 trials of 2 epochs, twice; a 124 MB split shared vs copied (~4 min)
     python -m bench.ray_overhead --tiny     # about 40 s; what tests/bench/test_ray_overhead.py runs
 
 One local Ray (2 CPUs, 127.0.0.1 only, no dashboard) serves both parts; it is shut down before the baseline.
@@ -8,7 +8,10 @@ One local Ray (2 CPUs, 127.0.0.1 only, no dashboard) serves both parts; it is sh
 time:   the smoke space (search_spaces/smoke.yaml) with FIFO instead of ASHA and `--epochs` epochs, so every
         trial trains to the end, run through the product's code path: `tuning.tuner.new_tuner` (OptunaSearch,
         the concurrency limit, `tune.with_parameters`, TensorBoard, checkpoints) and
-        `tuning.trainable.train_multivae`, 1 CPU per trial, 2 at a time. Per trial, from timestamps: the
+        `tuning.trainable.train_multivae`, 1 CPU per trial, 2 at a time, twice in one run: BEFORE with a new
+        worker process per trial (`resources.reuse_actors: false`, the default), AFTER with reused actors.
+        CPU overhead per trial = (all worker processes' CPU + the driver's - the direct runs') / trials. Per
+        trial, from timestamps: the
         driver's clock when Tune creates the trial, when its actor has started and when Tune sees it
         complete (a `tune.Callback`); the worker's clock and CPU seconds when it enters and leaves the
         trainable (a wrapper, as tests/tuning/cluster_scripts/scenarios.py does); the time inside `fit`'s
@@ -96,14 +99,14 @@ def object_store_bytes() -> int | None:
 
 # --- part 1: time ------------------------------------------------------------------------------------
 
-def overhead_space(trials: int, epochs: int):
+def overhead_space(trials: int, epochs: int, reuse_actors: bool = False):
     """The smoke space, FIFO instead of ASHA and `epochs` epochs: every trial does the work its direct twin does."""
     smoke = load_space("smoke")
     data = space_to_dict(smoke)
     data["fixed"]["epochs"] = epochs
     data["scheduler"] = {"type": "fifo"}
     data["search"].update(num_samples=trials, max_concurrent=CONCURRENT)
-    data["resources"].update(cpus_per_trial=1, gpus_per_trial=0)
+    data["resources"].update(cpus_per_trial=1, gpus_per_trial=0, reuse_actors=reuse_actors)
     return parse_space(data, smoke.source, name="smoke")
 
 
@@ -148,21 +151,28 @@ def timed(original, events_path: str):
     return train_multivae
 
 
-def ray_search(space, split, tmp: Path) -> dict[str, Any]:
-    """The search through tuning.tuner.new_tuner; per trial its timestamps and its time in epochs."""
-    events, clock = tmp / "events.jsonl", TrialClock()
+def ray_search(space, split, tmp: Path, name: str = "overhead") -> dict[str, Any]:
+    """The search through tuning.tuner.new_tuner; per trial its timestamps and its time in epochs. With reused
+    actors a worker process runs several trials: a trial's CPU before the trainable is then what its process
+    spent since its previous trial returned."""
+    events, clock = tmp / f"events-{name}.jsonl", TrialClock()
     original = trainable.train_multivae
     trainable.train_multivae = timed(original, str(events))   # build_tuner imports it from there when called
     try:
         t = time.perf_counter()
-        tuner = tuning_tuner.new_tuner(space, split, name="overhead", root=str(tmp), max_failures=0, quiet=True, callbacks=[clock])
+        tuner = tuning_tuner.new_tuner(space, split, name=name, root=str(tmp), max_failures=0, quiet=True, callbacks=[clock])
         setup_s = time.perf_counter() - t
         fit_start, cpu0 = time.time(), time.process_time()
         results = tuner.fit()
         fit_end, driver_cpu = time.time(), time.process_time() - cpu0
     finally:
         trainable.train_multivae = original
-    worker = {e["trial_id"]: e for e in map(json.loads, events.read_text().splitlines())}
+    worker_events = sorted(map(json.loads, events.read_text().splitlines()), key=lambda e: (e["pid"], e["enter"]))
+    previous_exit: dict[int, float] = {}
+    for e in worker_events:   # the process's CPU since its previous trial (0 for its first)
+        e["cpu_before"] = e["cpu_enter"] - previous_exit.get(e["pid"], 0.0)
+        previous_exit[e["pid"]] = e["cpu_exit"]
+    worker = {e["trial_id"]: e for e in worker_events}
     trials = []
     for r in results:
         if r.error is not None:
@@ -176,9 +186,10 @@ def ray_search(space, split, tmp: Path) -> dict[str, Any]:
                        "add_to_start_s": d["start"] - d["add"], "start_to_trainable_s": w["enter"] - d["start"],
                        "trainable_outside_epochs_s": w["exit"] - w["enter"] - in_epochs,
                        "trainable_return_to_complete_s": d["complete"] - w["exit"],
-                       "worker_cpu_s": w["cpu_exit"], "worker_cpu_before_trainable_s": w["cpu_enter"],
+                       "worker_cpu_s": w["cpu_before"] + w["cpu_exit"] - w["cpu_enter"], "worker_cpu_before_trainable_s": w["cpu_before"],
                        "worker_cpu_in_trainable_s": w["cpu_exit"] - w["cpu_enter"]})
     return {"tuner_setup_s": setup_s, "fit_s": fit_end - fit_start, "driver_cpu_s": driver_cpu, "trials": trials,
+            "worker_processes": len(previous_exit), "workers_cpu_s": sum(previous_exit.values()),
             "fit_start_to_first_trial_s": min(d["add"] for d in clock.times.values()) - fit_start,
             "last_trial_to_fit_end_s": fit_end - max(d["complete"] for d in clock.times.values())}
 
@@ -307,16 +318,18 @@ def summarize(search: dict, direct: dict, init_s: float) -> dict[str, Any]:
         "overhead_per_trial_s_from_wall": (search["fit_s"] * CONCURRENT - in_epochs) / n,
         "overhead_physical_limit_s": 0.0,
         # CPU seconds: a trial's worker process over its life, and the driver's share, against a direct run
-        "cpu_overhead_per_trial_s": mean_median(t["worker_cpu_s"] for t in trials)["mean"]
-        + search["driver_cpu_s"] / n - mean_median(r["cpu_s"] for r in direct["runs"])["mean"],
+        # (every worker process's CPU over its life + the driver's - the direct runs') / trials
+        "cpu_overhead_per_trial_s": (search["workers_cpu_s"] + search["driver_cpu_s"] - sum(r["cpu_s"] for r in direct["runs"])) / n,
+        "worker_processes": search["worker_processes"],
         "driver_cpu_per_trial_s": search["driver_cpu_s"] / n,
         "ray_per_trial_s": {k: mean_median(t[k] for t in trials) for k in RAY_PARTS},
         "direct_per_run_s": {k: mean_median(r[k] for r in direct["runs"]) for k in DIRECT_PARTS},
     }
 
 
-def print_time_table(s: dict, n: int, epochs: int) -> None:
-    print(f"\ntime per trial ({n} trials of {epochs} epoch(s); Ray: {CONCURRENT} at a time, 1 CPU each; direct: one after the other)")
+def print_time_table(s: dict, n: int, epochs: int, title: str = "") -> None:
+    print(f"\n{title}time per trial ({n} trials of {epochs} epoch(s); Ray: {CONCURRENT} at a time, 1 CPU each, "
+          f"{s['worker_processes']} worker processes; direct: one after the other)")
     labels = {
         "lifetime_s": "Ray: trial lifetime (Tune creates it -> Tune sees it complete)",
         "add_to_start_s": "  created -> actor started (worker process, imports, trainable setup)",
@@ -325,8 +338,8 @@ def print_time_table(s: dict, n: int, epochs: int) -> None:
         "in_epochs_s": "  epochs (train + validate)",
         "trainable_return_to_complete_s": "  trainable returned -> Tune sees it complete",
         "overhead_s": "  overhead: lifetime - epochs",
-        "worker_cpu_s": "Ray: worker process CPU s (its whole life)",
-        "worker_cpu_before_trainable_s": "  before the trainable (process start, imports, setup)",
+        "worker_cpu_s": "Ray: worker process CPU s per trial",
+        "worker_cpu_before_trainable_s": "  before the trainable (process start and imports, or since its previous trial)",
         "worker_cpu_in_trainable_s": "  in the trainable",
     }
     rows = [[label, s["ray_per_trial_s"][k]["mean"], s["ray_per_trial_s"][k]["median"]] for k, label in labels.items()]
@@ -389,7 +402,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise RuntimeError(f"Ray's node address is {node_ip}, not 127.0.0.1: Ray was imported before "
                                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set")
             print(f"search: {args.trials} trials of {args.epochs} epoch(s), smoke space ({split.format_stats()})", flush=True)
-            search = ray_search(space, split, tmp)
+            # before / after in one run, on one Ray: a new worker process per trial (the default), then reused actors
+            fresh = ray_search(space, split, tmp, name="fresh")
+            search = ray_search(overhead_space(args.trials, args.epochs, reuse_actors=True), split, tmp, name="reused")
             print(f"memory: split of {dataset_bytes / MB:.0f} MB, {args.memory_trials} trials per case", flush=True)
             cases = {c: memory_case(c, mem_split, args.memory_trials, tmp) for c in ("none", "with_parameters", "config")}
         finally:
@@ -399,8 +414,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     direct = direct_runs(split, [t["config"] for t in search["trials"]])   # Ray is down: nothing else runs here
 
     summary = summarize(search, direct, init_s)
+    before = summarize(fresh, direct, init_s)
     verdict = memory_verdict(cases, dataset_bytes)
-    print_time_table(summary, args.trials, args.epochs)
+    print_time_table(before, args.trials, args.epochs, "BEFORE (a process per trial, the default) ")
+    print_time_table(summary, args.trials, args.epochs, "AFTER (resources.reuse_actors: true) ")
+    reuse = {"cpu_overhead_per_trial_s_before": before["cpu_overhead_per_trial_s"],
+             "cpu_overhead_per_trial_s_after": summary["cpu_overhead_per_trial_s"],
+             "after_over_before": summary["cpu_overhead_per_trial_s"] / before["cpu_overhead_per_trial_s"],
+             "search_wall_s_before": before["search_wall_s"], "search_wall_s_after": summary["search_wall_s"],
+             "goal_cpu_s_per_trial": 1.0, "physical_limit_s": 0.0}
+    print(f"\nCPU overhead per trial: {reuse['cpu_overhead_per_trial_s_before']:.2f} s with a process per trial -> "
+          f"{reuse['cpu_overhead_per_trial_s_after']:.2f} s with reused actors ({reuse['after_over_before']:.2f}x; goal <= 1 s, "
+          f"physical limit 0); search wall {reuse['search_wall_s_before']:.1f} s -> {reuse['search_wall_s_after']:.1f} s")
     print_memory_table(cases, verdict, dataset_bytes, args.memory_trials)
     payload = {
         "machine": {**machine_info(), "ray": ray.__version__},
@@ -408,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "ray_num_cpus": CONCURRENT, "ray_node_ip": node_ip, "space": "smoke (scheduler FIFO, epochs overridden)",
                    "dataset": split.stats(), "memory_trials": args.memory_trials, "memory_nnz": args.memory_nnz,
                    "memory_dataset_bytes": dataset_bytes, "tiny": args.tiny},
-        "results": {"time": summary, "ray_trials": search["trials"], "direct_runs": direct["runs"],
+        "results": {"time": before, "time_with_reuse": summary, "reuse_actors": reuse, "ray_trials": fresh["trials"],
+                    "ray_trials_with_reuse": search["trials"], "direct_runs": direct["runs"],
                     "memory": {"dataset_bytes": dataset_bytes, "cases": cases, "verdict": verdict}},
     }
     path = write_result("ray_overhead", payload, argv, args.out)

@@ -137,7 +137,7 @@ class SchedulerSettings:
 class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
-    reuse_actors: bool = True    # a finished trial's worker process runs the next trial (no new process, no re-import)
+    reuse_actors: bool = False   # true: a finished trial's worker process runs the next trial (see search_spaces/README.md)
 
 
 @dataclass(frozen=True)
@@ -394,6 +394,9 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
     reuse = res.get("reuse_actors", Resources.reuse_actors)
     if not isinstance(reuse, bool):
         p.fail(f"resources.reuse_actors must be true or false, got {short_repr(reuse)}")
+    if reuse and scheduler.type == "pbt":   # measured with Ray 2.60: exploited trials lose result rows
+        p.fail("resources.reuse_actors must be false with scheduler.type pbt (Ray 2.60 loses result rows of trials "
+               "that PBT restores into a reused actor)")
     cpus = p.number(res.get("cpus_per_trial", Resources.cpus_per_trial), "resources.cpus_per_trial")
     gpus = p.number(res.get("gpus_per_trial", Resources.gpus_per_trial), "resources.gpus_per_trial")
     if cpus <= 0:

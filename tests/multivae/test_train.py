@@ -204,3 +204,27 @@ def test_resume_refuses_another_item_catalogue(split, tmp_path):
     shuffled = split.item_ids[::-1].copy()
     with pytest.raises(UserError, match=r"c\.pt: the checkpoint was trained on another dataset or item catalogue \(column 0 is item"):
         restore_state(tmp_path / "c.pt", n_items=split.n_items, item_ids=shuffled)
+
+
+def test_restore_with_a_perturbed_config_keeps_weights_moments_and_step_and_takes_the_new_values(split, tmp_path):
+    """What PBT does after an exploit: the copied checkpoint goes on under a new lr, dropout and anneal cap."""
+    cfg = TrainConfig(epochs=2, batch_size=100, anneal_steps=10_000, lr=1e-3, anneal_cap=0.2)
+    first = fit(split, SMALL, cfg)
+    save_state(first, tmp_path / "c.pt", split.item_ids)
+    new_cfg = dataclasses.replace(cfg, epochs=3, lr=4e-3, anneal_cap=0.05)
+    new_model = dataclasses.replace(SMALL, dropout=0.3)
+    resumed = restore_state(tmp_path / "c.pt", n_items=split.n_items, train_config=new_cfg, model_config=new_model)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [4e-3]
+    assert resumed.model.config.dropout == 0.3 and resumed.train_config.anneal_cap == 0.05
+    assert resumed.global_step == first.global_step and resumed.epoch == 2
+    for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values()):
+        assert torch.equal(a, b)
+    moments = [s["exp_avg"] for s in resumed.optimizer.state.values()]
+    assert moments and all(torch.equal(m, first.optimizer.state[p]["exp_avg"])
+                           for m, p in zip(moments, first.optimizer.state))
+    rec = Recorder()
+    fit(split, state=resumed, callback=rec)
+    g0 = first.global_step   # beta of the first update after the restore: the copied step under the new cap
+    assert rec.steps[0]["kl_weight"] == pytest.approx(min(0.05, 0.05 * g0 / 10_000))
+    with pytest.raises(UserError, match="does not match its model config"):
+        restore_state(tmp_path / "c.pt", n_items=split.n_items, model_config=dataclasses.replace(SMALL, latent_dim=SMALL.latent_dim + 1))

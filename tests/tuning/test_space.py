@@ -489,8 +489,8 @@ INVALID = [
                                      "search": {"points_to_evaluate": [{**POINT, "normalize_input": 1}]}}),
      rf"{re.escape(P0)}\[0\]\.normalize_input must be one of \[True, False\], got 1"),
     # scheduler
-    ("scheduler-unknown-type", patched({"scheduler": {"type": "hyperband"}}), r"scheduler\.type must be one of asha, fifo, got 'hyperband'"),
-    ("scheduler-no-type", patched({"scheduler": {"type": DELETE}}), r"scheduler\.type must be one of asha, fifo, got None"),
+    ("scheduler-unknown-type", patched({"scheduler": {"type": "hyperband"}}), r"scheduler\.type must be one of fifo, asha, bohb, pbt, got 'hyperband'"),
+    ("scheduler-no-type", patched({"scheduler": {"type": DELETE}}), r"scheduler\.type must be one of fifo, asha, bohb, pbt, got None"),
     ("scheduler-unknown-key", patched({"scheduler": {"brackets": 1}}), r"unknown key 'scheduler\.brackets' \(allowed: type, max_t, grace_period, reduction_factor\)"),
     ("fifo-with-asha-keys", patched({"scheduler": {"type": "fifo"}}), r"unknown key 'scheduler\.max_t' \(allowed: type\)"),
     ("max-t-below-grace", patched({"fixed": {"epochs": 10}, "scheduler": {"max_t": 10, "grace_period": 20}}),
@@ -503,7 +503,7 @@ INVALID = [
                                       "search": {"points_to_evaluate": []}}),
      r"params\.epochs cannot be searched with scheduler\.type asha"),
     # resources and checkpoints
-    ("resources-unknown-key", patched({"resources": {"gpus": 1}}), r"unknown key 'resources\.gpus' \(allowed: cpus_per_trial, gpus_per_trial\)"),
+    ("resources-unknown-key", patched({"resources": {"gpus": 1}}), r"unknown key 'resources\.gpus' \(allowed: cpus_per_trial, gpus_per_trial, reuse_actors\)"),
     ("cpus-zero", patched({"resources": {"cpus_per_trial": 0}}), r"resources\.cpus_per_trial must be > 0, got 0"),
     ("gpus-negative", patched({"resources": {"gpus_per_trial": -1}}), r"resources\.gpus_per_trial must be >= 0, got -1"),
     ("gpus-text", patched({"resources": {"gpus_per_trial": "one"}}), r"resources\.gpus_per_trial must be a number, got 'one'"),
