@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB, 
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from multivae.errors import UserError
+from multivae.training import TrainConfig
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
 from tuning.space import SearchSpace, fixed_config
@@ -81,7 +82,7 @@ def create_study(storage, study_name: str, mode: str) -> None:
 def _trainable(space: SearchSpace, split):
     # looked up on the module when called, so a wrapper set there (the benches, the cluster tests) is used
     sched = space.scheduler
-    epochs = sched.max_t or int(space.fixed.get("epochs", 0) or 0)
+    epochs = sched.max_t or int(space.fixed.get("epochs", TrainConfig.epochs))   # epochs cannot be searched with pbt
     return tune.with_resources(
         tune.with_parameters(trainable.train_multivae, split=split, checkpoint_every=space.checkpoint.every,
                              checkpoint_epochs=tuple(sched.decision_epochs(epochs)), searched=tuple(space.params)),
