@@ -137,7 +137,7 @@ CASES = [
     tune_case("loguniform_zero.yaml", "params.lr.low must be > 0 for loguniform, got 0.0"),
     tune_case("empty_choice.yaml", "params.latent_dim.values must be a non-empty list, got []"),
     tune_case("int_bounds.yaml", "params.latent_dim.low must be an integer, got 8.5"),
-    tune_case("unknown_scheduler.yaml", "scheduler.type must be one of asha, fifo, got 'hyperband'"),
+    tune_case("unknown_scheduler.yaml", "scheduler.type must be one of fifo, asha, bohb, pbt, got 'hyperband'"),
     tune_case("max_t_lt_grace.yaml", "scheduler.max_t must be >= grace_period (8), got 6"),
     tune_case("num_samples_zero.yaml", "search.num_samples must be >= 1, got 0"),
     tune_case("too_many_gpus.yaml", "resources.gpus_per_trial is 64", "GPUs are available"),

@@ -112,8 +112,9 @@ def test_bohb_search_pauses_and_resumes_trials_from_their_rung_checkpoints(ray_s
 
 
 def test_pbt_search_copies_checkpoints_and_perturbs_within_the_ranges(ray_session, tmp_path):
-    # 4 trials of 4 epochs, a perturbation at epoch 2 (each exploit starts a worker process: seconds)
-    data = smoke({"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5}, epochs=4, samples=4)
+    # 4 trials of 4 epochs, a perturbation after every epoch (async PBT exploits only when the other trials have
+    # reported; three chances make an exploit all but certain). Each exploit starts a worker process: seconds.
+    data = smoke({"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5}, epochs=4, samples=4)
     rc, exp, res = _search(tmp_path, data, "pbt")
     assert rc == 0 and res["trials"]["completed"] == 4 == res["trials"]["total"], res["trials"]
     params = data["params"]
@@ -128,8 +129,8 @@ def test_pbt_search_copies_checkpoints_and_perturbs_within_the_ranges(ray_sessio
                 assert params[key]["low"] - 1e-12 <= cfg[key] <= params[key]["high"] + 1e-12, (d.name, key, cfg[key])
             if cfg != prev["config"]:   # an exploit: training goes on from a copied checkpoint, perturbed
                 exploited += 1
-                assert row["epoch"] - 1 == 2, (d.name, prev["epoch"], row["epoch"])   # the perturbation's checkpoint
-                assert prev["epoch"] == 2, (d.name, prev["epoch"])
+                assert row["epoch"] - 1 in (1, 2, 3), (d.name, prev["epoch"], row["epoch"])   # a perturbation's checkpoint
+                assert prev["epoch"] in (1, 2, 3), (d.name, prev["epoch"])
                 # the KL weight: the copied step's place on the schedule, under the new cap (the epoch's last update
                 # is made at global step - 1, counted before it)
                 cap, g = cfg["anneal_cap"], row["global_step"] - 1
