@@ -83,6 +83,10 @@ def space(base: dict[str, Any], scheduler: str, seed: int, trials: int, epochs: 
 
 
 def one_search(name: str, data: dict, work: Path, data_dir: str | None) -> dict[str, Any]:
+    """One search's summary; kept in `work` so that a rerun with the same --work skips finished searches."""
+    done = work / f"{name}.summary.json"
+    if done.exists():
+        return json.loads(done.read_text())
     log = TimedEpochLog(name)
     summary, _ = run_search(name, data, work, data_dir, log=log)
     res = json.loads((Path(summary["experiment"]) / "results.json").read_text())
@@ -90,6 +94,7 @@ def one_search(name: str, data: dict, work: Path, data_dir: str | None) -> dict[
                 "ease_test": res["ease"]["test"][METRIC] if res.get("ease") else None,
                 "ease_test_se": res["ease"]["test"][f"{METRIC}_se"] if res.get("ease") else None,
                 "ease_val": res["ease"]["val"][METRIC] if res.get("ease") else None}
+    done.write_text(json.dumps(summary, default=str))
     return summary
 
 
@@ -108,7 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="max_t, the epochs of a full trial (default 20)")
     p.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
     p.add_argument("--data-dir", default=str(SHARED_DATA) if SHARED_DATA.is_dir() else None)
-    p.add_argument("--work", help="folder for the spaces and experiments (default: a new folder in /tmp)")
+    p.add_argument("--work", help="folder for the spaces and experiments (default: a new folder in /tmp); "
+                                  "rerun with the same folder to skip the searches that finished")
     p.add_argument("--out", default=None, help="folder for the JSON (default bench/results)")
     args = p.parse_args(argv)
     if args.tiny:

@@ -102,12 +102,14 @@ def fit_ease(x: sp.csr_matrix, lam: float, dtype: str = "float64") -> torch.Tens
 
 def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence[str] = ("ndcg@100", "recall@20", "recall@50"),
                   select_metric: str | None = None, dtype: str = "float64", batch_size: int = 2000,
-                  baselines: bool = True) -> dict:
+                  baselines: bool = True, per_user: bool = False) -> dict:
     """EASE on `split`: lambda chosen on validation from `grid` (one value: no choice), then tested once.
 
     Returns {"model": "ease", "lambda", "select_metric", "grid": [{"lambda", "val", "fit_s"}], "val", "test",
     "popularity" (when `baselines`), "metric_definitions", "dtype", "retrain", "fit_s" (Gram + solve at the chosen
-    lambda), "time_s" (everything)}. Every metric has its standard error (`<metric>_se`)."""
+    lambda), "time_s" (everything)}. Every metric has its standard error (`<metric>_se`). With `per_user`, also
+    evaluate_on_split's per-user arrays of the tested weights (`per_user`; without "val" when the weights were
+    refitted on train+valid, whose validation users they have seen)."""
     t_start = time.perf_counter()
     metrics = tuple(metrics)
     select_metric = select_metric or metrics[0]
@@ -144,8 +146,11 @@ def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence
     # Solved again rather than kept from the grid: one I x I matrix less at the peak.
     b = ease_weights(g, lam)
     del g
-    result = evaluate_on_split(ease_scorer(b), split, metrics, batch_size, baselines=baselines)
+    result = evaluate_on_split(ease_scorer(b), split, metrics, batch_size, baselines=baselines, per_user=per_user)
     result["val"] = chosen["val"]       # on validation the model selected (before any refit)
+    if per_user and retrain != "none":
+        result["per_user"].pop("val")
+        result.get("vs_popularity", {}).pop("val", None)
     return {"model": "ease", "lambda": lam, "select_metric": select_metric, "grid": curve, **result,
             "metric_definitions": metric_definitions(metrics), "dtype": dtype, "retrain": retrain,
             "fit_s": fit_s, "time_s": time.perf_counter() - t_start}

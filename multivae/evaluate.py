@@ -57,6 +57,25 @@ def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return result
 
 
+def paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    """Two models on the same users: the mean per-user difference a - b of each metric (users with a target,
+    NaN in neither) and the standard error of that mean (`<metric>_se`).
+
+    Both models see the same users, so the between-user spread cancels: this error is the one that says whether
+    a gap is real; two separate standard errors (`summarize`) overstate it several times."""
+    out: dict[str, float] = {}
+    for m in a:
+        if m not in b:
+            continue
+        if a[m].shape != b[m].shape:
+            raise ValueError(f"{m}: per-user values of different users ({a[m].shape} vs {b[m].shape})")
+        d = a[m] - b[m]
+        d = d[~np.isnan(d)]
+        out[m] = float(d.mean()) if d.size else float("nan")
+        out[f"{m}_se"] = float(d.std() / np.sqrt(d.size)) if d.size else float("nan")
+    return out
+
+
 def evaluate(score: ScoreFn, fold_in: sp.csr_matrix, target: sp.csr_matrix, metrics: Sequence[str] = DEFAULT_METRICS,
              batch_size: int = 2000, device: torch.device | str = "cpu") -> dict[str, float]:
     return summarize(per_user_metrics(score, fold_in, target, metrics, batch_size, device))
@@ -80,16 +99,24 @@ def popularity_scorer(train: sp.csr_matrix) -> ScoreFn:
 
 
 def evaluate_on_split(score: ScoreFn, split, metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 2000,
-                      device: torch.device | str = "cpu", *, baselines: bool = True) -> dict[str, dict]:
+                      device: torch.device | str = "cpu", *, baselines: bool = True, per_user: bool = False) -> dict[str, dict]:
     """The protocol's last step, in one place: `score` on the validation and the test users, next to the
-    popularity baseline on the same users (each metric with its standard error, `<metric>_se`).
+    popularity baseline on the same users (each metric with its standard error, `<metric>_se`). With
+    `per_user`, also `per_user: {"val", "test"}` (`per_user_metrics`' arrays, for `paired_difference`) and,
+    with `baselines`, `vs_popularity: {"val", "test"}`, the paired difference score - popularity.
 
     Serves `multivae.train`, the search's final test of its best trial and the ablations."""
-    def on(s: ScoreFn) -> dict[str, dict[str, float]]:
-        return {"val": evaluate(s, split.val_fold_in, split.val_target, metrics, batch_size, device),
-                "test": evaluate(s, split.test_fold_in, split.test_target, metrics, batch_size, device)}
+    def on(s: ScoreFn) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
+        pu = {"val": per_user_metrics(s, split.val_fold_in, split.val_target, metrics, batch_size, device),
+              "test": per_user_metrics(s, split.test_fold_in, split.test_target, metrics, batch_size, device)}
+        return {k: summarize(v) for k, v in pu.items()}, pu
 
-    out: dict[str, dict] = on(score)
+    out, pu = on(score)
+    out = dict(out)
     if baselines:
-        out["popularity"] = on(popularity_scorer(split.train))
+        out["popularity"], pop_pu = on(popularity_scorer(split.train))
+        if per_user:
+            out["vs_popularity"] = {k: paired_difference(pu[k], pop_pu[k]) for k in pu}
+    if per_user:
+        out["per_user"] = pu
     return out

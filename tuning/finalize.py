@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import to_dict
 from multivae.errors import UserError
-from multivae.evaluate import evaluate_on_split, model_scorer
+from multivae.evaluate import evaluate_on_split, model_scorer, paired_difference
 from multivae.metrics import metric_definitions
 from multivae.training import best_model, restore_state
 from tuning import experiment, ray_compat
@@ -48,7 +48,8 @@ def pick_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRec
 
 def evaluate_trial(trial: TrialRecord, split) -> tuple[dict[str, Any], Any]:
     """Restore the trial's last checkpoint, take its best-by-validation weights, test them once; the results
-    and the restored TrainState (its best weights become best_model/)."""
+    (with the per-user values under "per_user", for the paired differences) and the restored TrainState (its
+    best weights become best_model/)."""
     import torch
 
     epoch, folder = trial.checkpoints()[-1]
@@ -58,7 +59,7 @@ def evaluate_trial(trial: TrialRecord, split) -> tuple[dict[str, Any], Any]:
         local.write_bytes(experiment.read_bytes(experiment.join(folder, CHECKPOINT_NAME)))
         state = restore_state(local, n_items=split.n_items, device=device)
     cfg = state.train_config
-    scores = evaluate_on_split(model_scorer(best_model(state)), split, cfg.metrics, cfg.eval_batch_size, device)
+    scores = evaluate_on_split(model_scorer(best_model(state)), split, cfg.metrics, cfg.eval_batch_size, device, per_user=True)
     return {"checkpoint": folder, "checkpoint_epoch": state.epoch, "best_epoch": state.best.get("epoch"),
             "beta_at_best": state.best.get("kl_weight"), "global_step": state.global_step,
             "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
@@ -101,7 +102,10 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
                         f"see the error.txt files, then {resume_cmd} --retry-errored")
 
     final, state = evaluate_trial(best, split)
+    per_user = final.pop("per_user")
     ease = ease_yardstick(split, final["train_config"]["metrics"], metric)
+    ease_per_user = ease.pop("per_user", {})
+    vs_ease = {k: paired_difference(per_user[k], ease_per_user[k]) for k in per_user if k in ease_per_user}
     best_value = best.best_value(metric, mode)
     best_row = best.best(metric, mode) or {}
     note = None
@@ -115,6 +119,8 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
                        f"best_{metric}": best_value, "epochs_trained": best.epochs, "best_epoch": final["best_epoch"],
                        "beta_at_best": final["beta_at_best"]},
         "val": final["val"], "test": final["test"], "popularity": final["popularity"], "ease": ease,
+        # The best trial minus each baseline on the same users, with the paired standard error.
+        "vs_popularity": final.pop("vs_popularity"), "vs_ease": vs_ease,
         "model_config": final["model_config"], "train_config": final["train_config"],
         "checkpoint": final["checkpoint"], "checkpoint_epoch": final["checkpoint_epoch"],
         "anneal_steps": final["anneal_steps"], "trials": counts, "search_metric": metric, "mode": mode,
@@ -140,6 +146,9 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     print(metrics_table(rows, final["train_config"]["metrics"]))
     if "skipped" in ease:
         print(f"EASE not computed: {ease['skipped']}")
+    for name, diff in (("popularity", summary["vs_popularity"]), ("EASE", vs_ease)):
+        if "test" in diff:
+            print(f"best trial - {name} on the same test users: {verdict(diff['test'], metric)}")
     print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_early']} stopped early, "
           f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
     if note:
@@ -150,16 +159,25 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     return 0
 
 
+def verdict(diff: dict[str, float], metric: str) -> str:
+    """'+0.0123 ± 0.0031 NDCG@100 (paired SE): ahead' — ahead or behind only beyond two standard errors, a tie
+    otherwise."""
+    d, se = diff[metric], diff[f"{metric}_se"]
+    word = "ahead" if d > 2 * se else "behind" if d < -2 * se else "a tie (within 2 SE)"
+    return f"{d:+.4f} ± {se:.4f} {metric} (paired SE): {word}"
+
+
 def ease_yardstick(split, metrics: Sequence[str], select_metric: str) -> dict[str, Any]:
     """EASE (Steck, 2019) on the same users, λ chosen on validation: the closed-form baseline every result
-    stands next to. A catalogue too large for this machine's memory is recorded as skipped, with the reason."""
+    stands next to (with its per-user values under "per_user", for the paired difference). A catalogue too
+    large for this machine's memory is recorded as skipped, with the reason."""
     from multivae.ease import ease_baseline
 
     try:
-        out = ease_baseline(split, metrics=metrics, select_metric=select_metric, baselines=False)
+        out = ease_baseline(split, metrics=metrics, select_metric=select_metric, baselines=False, per_user=True)
     except UserError as exc:
         return {"skipped": str(exc)}
-    return {k: v for k, v in out.items() if k in ("lambda", "select_metric", "grid", "val", "test", "dtype", "time_s")}
+    return {k: v for k, v in out.items() if k in ("lambda", "select_metric", "grid", "val", "test", "dtype", "time_s", "per_user")}
 
 
 def write_best_model(exp_path: str, state, split, dataset: dict[str, Any], metrics: dict[str, Any], command: str | None) -> str:
@@ -199,4 +217,4 @@ def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any
 
 
 __all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "ease_yardstick", "evaluate_trial", "finalize", "metrics_table", "pick_best",
-           "read_search", "trials_table", "write_best_model"]
+           "read_search", "trials_table", "verdict", "write_best_model"]

@@ -181,3 +181,17 @@ def test_parse_metric_knows_every_variant_and_definitions_name_k():
     assert "min(n_target, 100)" in d["ndcg@100"]
     with pytest.raises(ValueError, match="recall_n@K"):
         parse_metric("mrr@10")
+
+
+def test_paired_difference_by_hand():
+    """Users 0..3: a - b = 0.5, -0.25, NaN (no target), 0.25 -> mean 1/6, population std over 3 users, / sqrt(3)."""
+    from multivae.evaluate import paired_difference
+
+    a = {"ndcg@100": np.array([1.0, 0.25, np.nan, 0.5]), "only_a": np.array([1.0])}
+    b = {"ndcg@100": np.array([0.5, 0.5, np.nan, 0.25])}
+    out = paired_difference(a, b)
+    mean = (0.5 - 0.25 + 0.25) / 3
+    std = math.sqrt(((0.5 - mean) ** 2 + (-0.25 - mean) ** 2 + (0.25 - mean) ** 2) / 3)
+    assert out == {"ndcg@100": pytest.approx(mean, abs=1e-15), "ndcg@100_se": pytest.approx(std / math.sqrt(3), abs=1e-15)}
+    with pytest.raises(ValueError, match="different users"):
+        paired_difference(a, {"ndcg@100": np.zeros(3)})

@@ -63,6 +63,38 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert (smoke_experiment.path / experiment.RUN_META).exists() and (smoke_experiment.path / experiment.SPACE_COPY).exists()
 
 
+def test_results_put_the_best_trial_beside_ease_and_popularity_as_paired_differences(smoke_experiment):
+    """results.json's vs_ease / vs_popularity are the mean per-user difference on the same users and its
+    standard error, recomputed here from best_model/, EASE refitted at the chosen λ and a loop over users."""
+    import numpy as np
+
+    from multivae.artifact import load_model_dir
+    from multivae.data import load_dataset
+    from multivae.ease import ease_scorer, fit_ease
+    from multivae.evaluate import model_scorer, per_user_metrics, popularity_scorer
+
+    res = smoke_experiment.results
+    split = load_dataset(smoke_space().dataset, cache_dir=smoke_experiment.cache, verbose=False)
+    metrics = tuple(res["train_config"]["metrics"])
+    model = load_model_dir(smoke_experiment.path).model
+    others = {"vs_ease": ease_scorer(fit_ease(split.train, res["ease"]["lambda"])), "vs_popularity": popularity_scorer(split.train)}
+    for phase, fold_in, target in (("val", split.val_fold_in, split.val_target), ("test", split.test_fold_in, split.test_target)):
+        ours = per_user_metrics(model_scorer(model), fold_in, target, metrics)
+        for key, scorer in others.items():
+            theirs = per_user_metrics(scorer, fold_in, target, metrics)
+            for m in metrics:
+                d = [a - b for a, b in zip(ours[m], theirs[m]) if not (math.isnan(a) or math.isnan(b))]
+                mean = sum(d) / len(d)
+                se = math.sqrt(sum((x - mean) ** 2 for x in d) / len(d)) / math.sqrt(len(d))
+                got = res[key][phase]
+                assert got[m] == pytest.approx(mean, abs=1e-6) and got[f"{m}_se"] == pytest.approx(se, rel=1e-4, abs=1e-7), (key, phase, m)
+    # the difference of the means is the mean of the differences; the paired error is below the unpaired one
+    diff = res["vs_ease"]["test"]
+    assert diff["ndcg@100"] == pytest.approx(res["test"]["ndcg@100"] - res["ease"]["test"]["ndcg@100"], abs=1e-9)
+    assert diff["ndcg@100_se"] < math.hypot(res["test"]["ndcg@100_se"], res["ease"]["test"]["ndcg@100_se"])
+    assert np.isfinite(res["vs_popularity"]["test"]["recall@20_se"])
+
+
 def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
     for d in trial_dirs(smoke_experiment.path):
         rows = result_rows(d)
