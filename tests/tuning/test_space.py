@@ -20,7 +20,7 @@ from tuning.space import (  # noqa: E402
     split_trial_config, validate_resources, with_overrides,
 )
 
-SHIPPED = ("default", "paper", "smoke")
+SHIPPED = ("citeulike_sized", "default", "paper", "smoke")
 PAPER_POINT = {"lr": 1e-3, "anneal_cap": 0.2, "anneal_steps": 1709, "dropout": 0.5, "latent_dim": 200,
                "hidden_dims": "[600]", "batch_size": 500, "weight_decay": 0.0, "likelihood": "multinomial"}
 ML1M_TRAIN_USERS = 6040 - 2 * 600
