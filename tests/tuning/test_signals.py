@@ -1,6 +1,6 @@
 """SIGTERM (what Kubernetes, Slurm and most schedulers send) stops a search like Ctrl-C: Tune saves the
 experiment, the driver exits 143 with one line saying how to resume, and `--resume` finishes the search
-without rerunning a finished trial. A real `python -m tuning.run` process with its own Ray."""
+without rerunning a finished trial (beyond, rarely, repeating its last epoch exactly: Ray's saved state can lag). A real `python -m tuning.run` process with its own Ray."""
 
 import json
 import os
@@ -15,6 +15,12 @@ import yaml
 
 from tests.tuning.helpers import result_rows, trial_dirs
 from tuning import experiment, run
+from tuning.trainable import REPORTED
+
+
+def _numbers(row: dict) -> dict:
+    """What an epoch computed (not when, or how long it took)."""
+    return {k: row[k] for k in REPORTED if not k.endswith("_time_s")}
 
 REPO = Path(__file__).absolute().parents[2]
 
@@ -67,9 +73,19 @@ def test_sigterm_saves_the_search_exits_143_and_resume_finishes_it(tmp_path):
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert resume.returncode == 0, resume.stderr[-3000:]
     for d in trial_dirs(exp):
-        assert result_rows(d)[-1]["epoch"] == 40, d.name
-        if d.name in finished:   # not rerun: its results are untouched
-            assert (d / "result.json").read_text() == before[d.name], d.name
+        rows = result_rows(d)
+        assert rows[-1]["epoch"] == 40, d.name
+        if d.name in finished:
+            old = [json.loads(line) for line in before[d.name].splitlines() if line.strip()]
+            assert rows[:len(old)] == old, d.name          # nothing it wrote before SIGTERM is lost or changed
+            # A trial that finished as SIGTERM came can be restored by Ray 2.60 from its previous checkpoint (the
+            # saved state lagged its last report; seen once in CI): it trains that last epoch again and
+            # must repeat it exactly (the checkpoint holds the RNG state). Nothing else is rerun.
+            again = rows[len(old):]
+            by_epoch = {r["epoch"]: r for r in old}
+            assert len(again) <= 1 and all(_numbers(r) == _numbers(by_epoch[r["epoch"]]) for r in again), (d.name, again)
+    read = {Path(t.path).name: t for t in experiment.read_trials(str(exp), max_t=40)}
+    assert {n: [r["epoch"] for r in t.rows] for n, t in read.items()} == {n: list(range(1, 41)) for n in read}
     res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["trials"]["completed"] == 4 and res["resumed"] is True
 
