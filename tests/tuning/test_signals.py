@@ -1,6 +1,7 @@
 """SIGTERM (what Kubernetes, Slurm and most schedulers send) stops a search like Ctrl-C: Tune saves the
 experiment, the driver exits 143 with one line saying how to resume, and `--resume` finishes the search
-without rerunning a finished trial (beyond, rarely, repeating its last epoch exactly: Ray's saved state can lag). A real `python -m tuning.run` process with its own Ray."""
+without rerunning a finished trial (beyond, rarely, repeating its last epoch exactly: Ray's saved state can
+lag). A real `python -m tuning.run` process with its own Ray."""
 
 import json
 import os
@@ -64,9 +65,9 @@ def test_sigterm_saves_the_search_exits_143_and_resume_finishes_it(tmp_path):
     assert "stopped by SIGTERM" in err and "--resume --name sig" in err, err[-3000:]
     exp = storage / "sig"
     assert not (exp / experiment.RESULTS).exists()
-    before = {d.name: (d / "result.json").read_text() for d in trial_dirs(exp)}
-    finished = {n for n, text in before.items() if text and len(text.splitlines()) >= 40}
-    assert finished and len(finished) < 4, {n: len(t.splitlines()) for n, t in before.items()}
+    before = {d.name: result_rows(d) for d in trial_dirs(exp)}
+    finished = {n for n, rows in before.items() if len(rows) >= 40}
+    assert finished and len(finished) < 4, {n: len(rows) for n, rows in before.items()}
 
     resume = subprocess.run([sys.executable, "-m", "tuning.run", "--resume", "--name", "sig", "--storage", str(storage),
                              "--cache-dir", str(cache), "--num-cpus", "2", "--quiet"],
@@ -76,7 +77,7 @@ def test_sigterm_saves_the_search_exits_143_and_resume_finishes_it(tmp_path):
         rows = result_rows(d)
         assert rows[-1]["epoch"] == 40, d.name
         if d.name in finished:
-            old = [json.loads(line) for line in before[d.name].splitlines() if line.strip()]
+            old = before[d.name]
             assert rows[:len(old)] == old, d.name          # nothing it wrote before SIGTERM is lost or changed
             # A trial that finished as SIGTERM came can be restored by Ray 2.60 from its previous checkpoint (the
             # saved state lagged its last report; seen once in CI): it trains that last epoch again and
