@@ -1,4 +1,4 @@
-"""The Python API: `multivae.fit` / `multivae.load` / `Recommender.recommend`, and the README's snippet run verbatim."""
+"""The Python API: `multivae.fit` / `multivae.load` / `Recommender.recommend`, and docs/recommend.md's snippet run verbatim."""
 
 import re
 import subprocess
@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Python API"):]
+    text = (REPO / "docs" / "recommend.md").read_text()
+    section = text[text.index("## Python API"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -28,7 +28,7 @@ def test_readme_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MULTIVAE_DATA_DIR", str(tmp_path / "cache"))
     code = readme_snippet()
     assert "multivae.fit(" in code and "multivae.load(" in code
-    exec(compile(code, "README.md:python-api", "exec"), {})
+    exec(compile(code, "docs/recommend.md:python-api", "exec"), {})
     out = capsys.readouterr().out
     assert "probability" in out and (tmp_path / "runs" / "api-demo" / "model" / "model.json").is_file()
 
