@@ -28,7 +28,7 @@ import torch
 
 from multivae.config import from_dict, to_dict
 from multivae.errors import UserError
-from multivae.files import atomic_write_bytes, atomic_write_json
+from multivae.files import atomic_write_bytes, atomic_write_json, current_umask
 from multivae.model import ModelConfig, build_model
 
 FORMAT = "multivae-model"
@@ -104,9 +104,7 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
+    tmp.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
     try:
         buf = io.BytesIO()
         torch.save(state, buf)
