@@ -16,7 +16,13 @@ class UserError(Exception):
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a single line (no usage block) and exits 2."""
+    """argparse that reports a bad flag as a single line (no usage block) and exits 2, and answers --version."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from multivae.version import __version__
+
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")

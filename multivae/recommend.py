@@ -276,11 +276,8 @@ def render(df: pd.DataFrame, fmt: str) -> bytes:
 
 
 def _parser() -> ArgParser:
-    from multivae.version import __version__
-
     p = ArgParser(prog="python -m multivae.recommend", description="Top-K recommendations from a trained model (items a user "
                   "already has are never recommended).")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="a model folder, a train run (its model/), a search experiment (its best_model/) or a checkpoint.pt")
     who = p.add_mutually_exclusive_group(required=True)
