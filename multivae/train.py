@@ -55,12 +55,10 @@ CONFIG_FILE_INFO = ("space", "trial_id", "best_epoch", "beta_at_best", "config")
 
 
 def _parser() -> ArgParser:
-    from multivae.version import __version__
     from multivae.data import DATASET_NAMES
 
     M, T = ModelConfig, TrainConfig
     p = ArgParser(prog="python -m multivae.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file with sections model, train, dataset (a search's "
                    "best_config.yaml works); flags given on the command line override it")
     d = p.add_argument_group("data")
@@ -292,14 +290,21 @@ def beta_star_retrain(cfg: TrainConfig, beta_star: float) -> TrainConfig:
 
 
 class ProgressBar(Callback):
+    """A tqdm bar on a terminal; where stderr is a file or a pipe (a log), one plain line per finished epoch
+    instead, so the log holds no carriage-return frames."""
+
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = None if quiet else tqdm(total=total, initial=start, desc="epochs", unit="ep", file=sys.stderr)
+        self.total, self.lines = total, not quiet and not sys.stderr.isatty()
+        self.bar = None if quiet or self.lines else tqdm(total=total, initial=start, desc="epochs", unit="ep", file=sys.stderr)
 
     def on_epoch(self, record: dict, state: TrainState) -> None:
-        if self.bar is not None:
-            m = state.train_config.select_metric
+        m = state.train_config.select_metric
+        if self.lines:
+            print(f"epoch {state.epoch}/{self.total}  {m} {record[m]:.4f}  best {record[f'best_{m}']:.4f}  "
+                  f"beta {record['kl_weight']:.3f}", file=sys.stderr, flush=True)
+        elif self.bar is not None:
             self.bar.set_postfix({m: f"{record[m]:.4f}", "best": f"{record[f'best_{m}']:.4f}", "beta": f"{record['kl_weight']:.3f}"})
             self.bar.update(1)
 
