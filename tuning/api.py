@@ -19,7 +19,8 @@ class SearchResult:
     experiment: str                 # <storage>/<name>
     best_config: dict[str, Any]     # best_config.yaml: dataset, model and train settings of the best trial
     best_model: str                 # its self-contained model folder (multivae.load / multivae.recommend --checkpoint)
-    trials: pd.DataFrame            # one row per trial: id, number, status, epochs, best value and epoch, its parameters
+    trials: pd.DataFrame            # one row per trial: id, number, status, epochs run, best value and epoch, then its
+                                    # parameters (`_row`: a result column wins over a parameter of the same name)
     val: dict[str, float]           # the best model's validation metrics (each with `<metric>_se`)
     test: dict[str, float]          # ... on the held-out test users, tested once
     popularity: dict[str, dict]     # the popularity baseline on the same users
@@ -54,9 +55,17 @@ def search(space: str = "default", **overrides: Any) -> SearchResult:
     name = args.name or _newest(root, space)
     exp = experiment.join(root, name)
     results = experiment.read_json(experiment.join(exp, experiment.RESULTS), "the search's results")
-    rows = [{k: v for k, v in r.items() if k != "config"} | r["config"] for r in results["trials_table"]]
+    rows = [_row(r) for r in results["trials_table"]]
     return SearchResult(exp, yaml.safe_load(experiment.read_text(experiment.join(exp, experiment.BEST_CONFIG))),
                         results["best_model"], pd.DataFrame(rows), results["val"], results["test"], results["popularity"], results)
+
+
+def _row(trial: dict[str, Any]) -> dict[str, Any]:
+    """A results.json trial row, flat: what the trial did, then its parameters. A result column wins over the
+    parameter of that name: `epochs` is the epochs the trial ran, not the configured maximum (which stays in
+    results["trials_table"][i]["config"])."""
+    done = {k: v for k, v in trial.items() if k != "config"}
+    return done | {k: v for k, v in trial["config"].items() if k not in done}
 
 
 def _newest(root: str, space: str) -> str:

@@ -5,6 +5,10 @@ are pruned: `tuning.ray_compat.optuna_search_class`). BOHB is Ray's `TuneBOHB` s
 `HyperBandForBOHB` scheduler (the two work only together). PBT samples its population at random (Tune's
 `BasicVariantGenerator`) and then copies and perturbs it (`PopulationBasedTraining`).
 
+The searchers see list choices as their JSON text (`tuning.space`); this is the one place that decodes them:
+a trial's config, and so params.json, results.json, best_config.yaml, the report and TensorBoard, holds the
+plain values (`hidden_dims: [600]`, not "[600]").
+
 Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds (a local Ray
 must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import to keep every connection on 127.0.0.1).
 """
@@ -25,7 +29,7 @@ from multivae.errors import UserError
 from multivae.training import TrainConfig
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
-from tuning.space import SearchSpace, fixed_config
+from tuning.space import SearchSpace, decode_value, fixed_config, plain_config
 
 
 def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
@@ -89,12 +93,26 @@ def _trainable(space: SearchSpace, split):
         {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial})
 
 
-def tune_domain(dist: Any):
+def plain_trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A searcher's suggestion as a trial's config: numpy scalars as Python values, list choices as lists."""
+    return {k: decode_value(k, v) for k, v in plain_config(config).items()}
+
+
+class PlainConfigs(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter around Optuna or TuneBOHB, handing Tune each suggestion with plain values."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        return plain_trial_config(config) if isinstance(config, dict) else config
+
+
+def tune_domain(dist: Any, name: str | None = None):
     """An Optuna distribution as Tune's search-space object (what TuneBOHB converts to ConfigSpace and what
-    PBT samples and resamples from). Tune's integer upper bounds are exclusive."""
+    PBT samples and resamples from). Tune's integer upper bounds are exclusive. With the field's `name`, list
+    choices come out plain (PBT's trials get these values as they are; ConfigSpace needs the JSON text)."""
     od = optuna.distributions
     if isinstance(dist, od.CategoricalDistribution):
-        return tune.choice(list(dist.choices))
+        return tune.choice([decode_value(name, c) for c in dist.choices] if name else list(dist.choices))
     if isinstance(dist, od.IntDistribution):
         if dist.log:
             return tune.lograndint(dist.low, dist.high + 1)
@@ -127,7 +145,7 @@ def _scheduler(space: SearchSpace):
         return PopulationBasedTraining(
             **common, perturbation_interval=sched.perturbation_interval, quantile_fraction=sched.quantile_fraction,
             resample_probability=sched.resample_probability,
-            hyperparam_mutations={k: tune_domain(space.params[k]) for k in sched.mutations},
+            hyperparam_mutations={k: tune_domain(space.params[k], k) for k in sched.mutations},
             custom_explore_fn=clip_to_space(space))
     return FIFOScheduler()
 
@@ -136,6 +154,7 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
     search, sched = space.search, space.scheduler
     points = [dict(p) for p in search.points_to_evaluate] or None
     if sched.type == "pbt":
+        points = [plain_trial_config(p) for p in points or ()] or None
         # the whole population at once (max_concurrent 0), as PBT expects: Ray's CPUs decide how many train at
         # a time; the others wait, paused or pending.
         return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
@@ -147,22 +166,22 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
                                 mode=search.mode, points_to_evaluate=points, seed=search.seed)
         except AssertionError as exc:   # TuneBOHB asserts that hpbandster and ConfigSpace import
             raise UserError(f"scheduler.type bohb needs hpbandster and ConfigSpace: {exc}".splitlines()[0]) from None
-        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+        return PlainConfigs(searcher, max_concurrent=search.max_concurrent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
     searcher = ray_compat.optuna_search_class()(
         space=dict(space.params), metric=search.metric, mode=search.mode, objective=search.objective,
         planned_epochs=sched.max_t if sched.stops_early else None, sampler=optuna.samplers.TPESampler(seed=search.seed),
         points_to_evaluate=points, **study)
-    return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    return PlainConfigs(searcher, max_concurrent=search.max_concurrent)
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
     """Tune's `param_space`: the fixed values, plus the searched ones as Tune domains where the searcher
-    samples from it (PBT's random sampling); Optuna and TuneBOHB hold their own space."""
-    fixed = fixed_config(space)
+    samples from it (PBT's random sampling); Optuna and TuneBOHB hold their own space. Plain values throughout."""
+    fixed = plain_trial_config(fixed_config(space))
     if space.scheduler.type == "pbt":
-        return {**fixed, **{k: tune_domain(d) for k, d in space.params.items()}}
+        return {**fixed, **{k: tune_domain(d, k) for k, d in space.params.items()}}
     return fixed
 
 
@@ -210,5 +229,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
-           "restored_tuner", "start_ray", "tune_domain"]
+__all__ = ["PlainConfigs", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+           "plain_trial_config", "restored_tuner", "start_ray", "tune_domain"]
