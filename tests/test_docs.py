@@ -92,6 +92,8 @@ def bash_commands(page: Path) -> list[str]:
 
 def cli_of(tokens: list[str]) -> tuple[str, list[str]] | None:
     """(parser module, args) of one of our CLIs, `python -m X ...`, a console script, or after `ray job submit ... --`."""
+    while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", tokens[0]):   # NAME=value before a command
+        tokens = tokens[1:]
     if "--" in tokens and tokens[0] == "ray":
         return cli_of(tokens[tokens.index("--") + 1:])
     if len(tokens) >= 3 and Path(tokens[0]).name.startswith("python") and tokens[1] == "-m" and tokens[2] in CLIS:
@@ -133,6 +135,7 @@ def test_a_stale_flag_is_caught(capsys):
     assert unparsable("python -m tuning.run --space smoke --no-such-flag") is not None
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     assert unparsable("multivae-tune --space smoke --num-samples 2") is None
+    assert unparsable("RAY_AUTH_MODE=token ray job submit -- python -m tuning.run --bogus") is not None
 
 
 def test_readme_is_a_front_page_and_starts_with_the_two_commands():
