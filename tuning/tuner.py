@@ -106,13 +106,23 @@ class PlainConfigs(ConcurrencyLimiter):
         return plain_trial_config(config) if isinstance(config, dict) else config
 
 
-def tune_domain(dist: Any, name: str | None = None):
+class PlainVariants(BasicVariantGenerator):
+    """Tune's random sampler (PBT's population), handing Tune each new trial with plain values. It samples the
+    JSON text of list choices: Tune cannot take a list in `points_to_evaluate`."""
+
+    def next_trial(self):
+        trial = super().next_trial()
+        if trial is not None:
+            trial.set_config(plain_trial_config(trial.config))
+        return trial
+
+
+def tune_domain(dist: Any):
     """An Optuna distribution as Tune's search-space object (what TuneBOHB converts to ConfigSpace and what
-    PBT samples and resamples from). Tune's integer upper bounds are exclusive. With the field's `name`, list
-    choices come out plain (PBT's trials get these values as they are; ConfigSpace needs the JSON text)."""
+    PBT samples and resamples from). Tune's integer upper bounds are exclusive."""
     od = optuna.distributions
     if isinstance(dist, od.CategoricalDistribution):
-        return tune.choice([decode_value(name, c) for c in dist.choices] if name else list(dist.choices))
+        return tune.choice(list(dist.choices))
     if isinstance(dist, od.IntDistribution):
         if dist.log:
             return tune.lograndint(dist.low, dist.high + 1)
@@ -145,7 +155,7 @@ def _scheduler(space: SearchSpace):
         return PopulationBasedTraining(
             **common, perturbation_interval=sched.perturbation_interval, quantile_fraction=sched.quantile_fraction,
             resample_probability=sched.resample_probability,
-            hyperparam_mutations={k: tune_domain(space.params[k], k) for k in sched.mutations},
+            hyperparam_mutations={k: tune_domain(space.params[k]) for k in sched.mutations},
             custom_explore_fn=clip_to_space(space))
     return FIFOScheduler()
 
@@ -154,10 +164,9 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
     search, sched = space.search, space.scheduler
     points = [dict(p) for p in search.points_to_evaluate] or None
     if sched.type == "pbt":
-        points = [plain_trial_config(p) for p in points or ()] or None
         # the whole population at once (max_concurrent 0), as PBT expects: Ray's CPUs decide how many train at
         # a time; the others wait, paused or pending.
-        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
+        return PlainVariants(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
     if sched.type == "bohb":
         from ray.tune.search.bohb import TuneBOHB
 
@@ -178,11 +187,12 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
     """Tune's `param_space`: the fixed values, plus the searched ones as Tune domains where the searcher
-    samples from it (PBT's random sampling); Optuna and TuneBOHB hold their own space. Plain values throughout."""
-    fixed = plain_trial_config(fixed_config(space))
+    samples from it (PBT's random sampling: the searcher-space values, which `PlainVariants` decodes); Optuna
+    and TuneBOHB hold their own space, and Tune adds their decoded suggestions to the plain fixed values."""
+    fixed = fixed_config(space)
     if space.scheduler.type == "pbt":
-        return {**fixed, **{k: tune_domain(d, k) for k, d in space.params.items()}}
-    return fixed
+        return {**fixed, **{k: tune_domain(d) for k, d in space.params.items()}}
+    return plain_trial_config(fixed)
 
 
 def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: int, quiet: bool,
@@ -229,5 +239,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["PlainConfigs", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
            "plain_trial_config", "restored_tuner", "start_ray", "tune_domain"]
