@@ -26,6 +26,7 @@ from multivae.config import to_dict
 from multivae.errors import ArgParser, UserError, run_cli, short_repr
 from tuning import experiment
 from tuning.experiment import RUN_META, SPACE_COPY
+from tuning.resources import count_problem
 
 # Nothing here imports Ray at module level: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported,
 # and a local Ray must read 0 there to keep every connection on 127.0.0.1 (RAY_NOTES.md).
@@ -74,8 +75,8 @@ def _parser() -> ArgParser:
 def _check_args(args) -> None:
     for flag, low in (("num_samples", 1), ("max_concurrent", 1), ("max_failures", 0), ("num_cpus", 1)):
         v = getattr(args, flag)
-        if v is not None and v < low:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= {low}, got {v}")
+        if v is not None and (problem := count_problem(v, low)) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} {problem}")
     for flag in ("cpus_per_trial", "gpus_per_trial"):
         v = getattr(args, flag)
         if v is not None and (v < 0 or (flag == "cpus_per_trial" and v == 0)):
