@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from multivae.data.readers import SEP_OPTION, exact_ids, read_table
+from multivae.data.readers import SEP_OPTION, exact_ids, non_integer_id, read_table
 from multivae.data.split import SplitData, binary_csr
 from multivae.errors import UserError, short_repr
 
@@ -158,6 +158,17 @@ def _same_id_type(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
     return frames
 
 
+def _numeric_text_id(frames: list[pd.DataFrame], col: str) -> str | None:
+    """A text id that reads as a number ("5.0", "012", "+5"), which made the column text: said on stderr."""
+    if frames[0][col].dtype.kind in "iu":
+        return None
+    for f in frames:
+        at = non_integer_id(f[col])
+        if at is not None and pd.notna(pd.to_numeric(pd.Series([at[1]]), errors="coerce").iloc[0]):
+            return at[1]
+    return None
+
+
 def hold_out(rows: np.ndarray, n_users: int, fraction: float, seed: int) -> np.ndarray:
     """Boolean per training row: held out for validation. `rows`: each row's user index (the split passes the
     training matrix's pairs, by user then item column, so the draw does not depend on the file's row order).
@@ -240,6 +251,7 @@ def build_given_split(train: pd.DataFrame, test: pd.DataFrame, valid: pd.DataFra
         "test_interactions_on_test_only_items": int((~in_known[test_cols]).sum()),
         "test_users_without_known_items": int((test_users & ~users_known).sum()),
         "items_not_in_fit": int((~in_fit).sum()),    # items the model is never trained on (test-only, or all held out)
+        "ids_read_as_text_because_of": {c: v for c in ("user", "item") if (v := _numeric_text_id(frames, c)) is not None},
     }
     info = {"source": sources or {}, "format": fmt, "protocol": "weak", "retrain": retrain, "valid_fraction": valid_fraction,
             "seed": seed, "stats_override": stats_override}
@@ -305,6 +317,9 @@ def load_given(cfg, verbose: bool = True) -> SplitData:
               f"({s['test_interactions_on_test_only_items']:,} test interactions) are only in the test file and "
               f"cannot be recommended; {s['test_users_without_known_items']:,} test users have no training items; "
               f"{s['test_pairs_already_known']:,} test pairs already known were dropped", file=sys.stderr)
+        for col, value in s["ids_read_as_text_because_of"].items():
+            print(f"given ({fmt}): note: {col} ids are read as text, exactly as written, because of {value!r}, which is not a "
+                  f"plain integer: '5' and '5.0', '12' and '012' are different {col}s", file=sys.stderr)
     return split
 
 
