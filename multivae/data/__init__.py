@@ -24,7 +24,7 @@ import pandas as pd
 
 from multivae.data import download as dl
 from multivae.data.given import DEFAULT_VALID_FRACTION, FORMATS, RETRAIN, load_given
-from multivae.data.readers import MOVIELENS_FILES, SEP_OPTION, read_movielens, read_table
+from multivae.data.readers import MOVIELENS_FILES, SEP_OPTION, numeric_text_id, read_movielens, read_table, text_ids_note
 from multivae.data.split import ProtocolConfig, SplitData, split_interactions
 from multivae.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 from multivae.errors import UserError, one_line
@@ -144,6 +144,10 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None, verbos
             print(f"loaded the processed split from {cache_path}", file=sys.stderr)
     else:
         df = _read_source(cfg, source)
+        if verbose:
+            for col in ("user", "item"):
+                if (value := numeric_text_id(df[col])) is not None:
+                    print(f"{source}: {text_ids_note(col, value)}", file=sys.stderr)
         split = split_interactions(df, protocol, source=str(source) if source is not None else "synthetic")
         split.info.update({"dataset": cfg.name, "source_sha256": source_sha256, "cache_key": digest})
         cached = cfg.cache and _save(split, cache_path, verbose)

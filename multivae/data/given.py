@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from multivae.data.readers import SEP_OPTION, exact_ids, non_integer_id, read_table
+from multivae.data.readers import SEP_OPTION, exact_ids, numeric_text_id, read_table, text_ids_note
 from multivae.data.split import SplitData, binary_csr
 from multivae.errors import UserError, short_repr
 
@@ -159,14 +159,7 @@ def _same_id_type(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
 
 
 def _numeric_text_id(frames: list[pd.DataFrame], col: str) -> str | None:
-    """A text id that reads as a number ("5.0", "012", "+5"), which made the column text: said on stderr."""
-    if frames[0][col].dtype.kind in "iu":
-        return None
-    for f in frames:
-        at = non_integer_id(f[col])
-        if at is not None and pd.notna(pd.to_numeric(pd.Series([at[1]]), errors="coerce").iloc[0]):
-            return at[1]
-    return None
+    return next((v for f in frames if (v := numeric_text_id(f[col])) is not None), None)
 
 
 def hold_out(rows: np.ndarray, n_users: int, fraction: float, seed: int) -> np.ndarray:
@@ -318,8 +311,7 @@ def load_given(cfg, verbose: bool = True) -> SplitData:
               f"cannot be recommended; {s['test_users_without_known_items']:,} test users have no training items; "
               f"{s['test_pairs_already_known']:,} test pairs already known were dropped", file=sys.stderr)
         for col, value in s["ids_read_as_text_because_of"].items():
-            print(f"given ({fmt}): note: {col} ids are read as text, exactly as written, because of {value!r}, which is not a "
-                  f"plain integer: '5' and '5.0', '12' and '012' are different {col}s", file=sys.stderr)
+            print(f"given ({fmt}): {text_ids_note(col, value)}", file=sys.stderr)
     return split
 
 

@@ -92,6 +92,22 @@ def _canonical_int64(values: pd.Series) -> pd.Series | None:
     return pd.Series(ints, index=values.index, name=values.name)
 
 
+def numeric_text_id(values: pd.Series) -> str | None:
+    """The first id of a text column that reads as a number but is not a canonical integer ("5.0", "012",
+    "+5"): why the column is text, for a note on stderr (a column of "sku-1" ids needs none)."""
+    if values.dtype.kind in "iu":
+        return None
+    at = non_integer_id(values.astype(str))
+    if at is not None and pd.notna(pd.to_numeric(pd.Series([at[1]]), errors="coerce").iloc[0]):
+        return at[1]
+    return None
+
+
+def text_ids_note(column: str, value: str) -> str:
+    return (f"note: {column} ids are read as text, exactly as written, because of {value!r}, which is not a plain integer: "
+            f"'5' and '5.0', '12' and '012' are different {column}s")
+
+
 def non_integer_id(values: pd.Series) -> tuple[int, str] | None:
     """(position, value) of the first id of a text series that is not a canonical integer, else None."""
     for i, v in enumerate(values):

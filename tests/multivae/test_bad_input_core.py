@@ -131,6 +131,8 @@ CASES: list[tuple[str, Callable[[Path], object], type, str]] = [
      r"^n\.csv: item id 'a7' on line 3 is not one of the model's ids, which are integers"),
     ("new-user-ids-fractional", lambda t: ids_like(pd.Series([5.0, 6.5]), np.array([5, 6]), "n.csv", "item"), UserError,
      r"^n\.csv: item id 6\.5 on line 3 is not one of the model's ids"),
+    ("new-user-ids-text-5.0", lambda t: ids_like(pd.Series(["5", "5.0"]), np.array([5, 6]), "n.csv", "item"), UserError,
+     r"^n\.csv: item id '5\.0' on line 3 is not one of the model's ids, which are integers"),   # was taken for item 5
     # checkpoints
     ("ckpt-save-nan", lambda t: save_checkpoint({"model": {"w": torch.tensor([1.0, NAN])}}, t / "c.pt"), UserError,
      r"c\.pt: refusing to write a checkpoint whose model weights are not finite \(model\.w\)"),

@@ -208,3 +208,15 @@ def test_the_separator_message_names_an_option_that_exists(tmp_path):
     argv = ["--data", str(path), "--sep", ";", "--rating-col", "none"]
     cfg = dataset_config_from_args(_parser().parse_args(argv), explicit_flags(argv))
     assert cfg.sep == ";" and len(load_dataset(cfg, cache_dir=tmp_path / "c", verbose=False).item_ids) == 13
+
+
+def test_text_ids_that_look_like_numbers_are_named_on_stderr(tmp_path, capsys):
+    from multivae.data import DatasetConfig, ProtocolConfig, load_dataset
+
+    rows = "".join(f"{u},{i}\n" for u in range(1, 41) for i in range(1, 9)) + "41,012\n41,12\n41,3\n41,4\n41,5\n"
+    path = _write(tmp_path / "d.csv", "user,item\n" + rows)
+    split = load_dataset(DatasetConfig(name="file", path=str(path), rating_col=None, protocol=ProtocolConfig(heldout_users=5)),
+                         cache_dir=tmp_path / "c")
+    assert {"012", "12"} <= set(split.item_ids.tolist())
+    assert (f"{path}: note: item ids are read as text, exactly as written, because of '012', which is not a plain integer"
+            in capsys.readouterr().err)
