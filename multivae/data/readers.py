@@ -269,7 +269,9 @@ def _read_text(path: Path, wanted: list[str], sep: str) -> pd.DataFrame:
     _check_columns(path, wanted, found, sep)
     # Ids as text (`exact_ids` decides after); ratings checked after. Every column, not usecols: with usecols
     # pandas silently drops the extra fields of a ragged line.
-    df = _read_csv(path, sep, engine, dtype={c: str for c in wanted[:2]})
+    # Only an empty field is missing: "NA", "null" or "None" are ids like any other text (pandas' default would
+    # read them as missing); a rating spelled so is refused by `_numeric_ratings`.
+    df = _read_csv(path, sep, engine, dtype={c: str for c in wanted[:2]}, keep_default_na=False, na_values={c: [""] for c in wanted})
     return df[wanted]
 
 

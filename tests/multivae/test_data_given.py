@@ -285,6 +285,8 @@ def test_a_test_file_with_nothing_left_to_test_on_is_refused(tmp_path):
                                         r"left to test on \(the same file twice\?\)$"):
         load_dataset(DatasetConfig(name="given", train=train, test=_csv(tmp_path / "test.csv", pairs)), verbose=False)
     test = _csv(tmp_path / "t.csv", [("1", "9")])
+    with pytest.raises(UserError, match=r"t\.csv: every one of its 1 pairs is already in the train or valid file"):   # valid = test
+        load_dataset(DatasetConfig(name="given", train=train, test=test, valid=test), verbose=False)
     with pytest.raises(UserError, match=r"valid\.csv: every pair of the valid file is already in the train file"):
         load_dataset(DatasetConfig(name="given", train=train, test=test,
                                    valid=_csv(tmp_path / "valid.csv", [("1", "1"), ("2", "2")])), verbose=False)

@@ -220,3 +220,11 @@ def test_text_ids_that_look_like_numbers_are_named_on_stderr(tmp_path, capsys):
     assert {"012", "12"} <= set(split.item_ids.tolist())
     assert (f"{path}: note: item ids are read as text, exactly as written, because of '012', which is not a plain integer"
             in capsys.readouterr().err)
+
+
+def test_text_ids_that_pandas_would_take_for_missing_are_ids(tmp_path):
+    path = _write(tmp_path / "d.csv", "user,item,rating\nNA,null,4\nNone,NaN,5\nu,,3\n")
+    with pytest.raises(UserError, match=r"d\.csv: column 'item' has an empty value on line 4$"):   # only an empty field is missing
+        read_table(path)
+    path.write_text("user,item,rating\nNA,null,4\nNone,n/a,5\n")
+    assert read_table(path).to_dict("list") == {"user": ["NA", "None"], "item": ["null", "n/a"], "rating": [4.0, 5.0]}
