@@ -35,6 +35,7 @@ from multivae.files import atomic_write_json, check_writable_dir
 from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
+from multivae.precision import bf16_speed_warning
 from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
                                save_state)
 
@@ -439,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         assert model_cfg is not None and cfg is not None
         extra["requested"] = {"model": to_dict(model_cfg), "train": to_dict(cfg)}
+        if (warning := bf16_speed_warning(resolve_device(cfg.device), cfg.precision)) is not None:
+            print(warning, file=sys.stderr)      # before training: bf16 without bf16 hardware is right but slow
         t0 = time.perf_counter()
         if beta_star:
             sweep_cfg = beta_star_sweep(cfg)

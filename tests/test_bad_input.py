@@ -151,6 +151,13 @@ CASES = [
          ("resources.cpus_per_trial must be a fraction <= 1 or a whole number", "1.5"), ("{t}/ray_results",), in_process=True),
     Case("tune-gpus-fractional", "tuning.run", ("--space", "smoke", "--gpus-per-trial", "2.5", *TUNE),
          ("resources.gpus_per_trial must be a fraction <= 1 or a whole number", "2.5"), ("{t}/ray_results",), in_process=True),
+    # a fraction Ray cannot represent crashed inside Ray ("Tracked actor is not managed...") and left the folder
+    Case("tune-cpus-below-ray-resolution", "tuning.run", ("--space", "smoke", "--cpus-per-trial", "0.00001", *TUNE),
+         ("resources.cpus_per_trial must be a multiple of 0.0001", "1e-05"), ("{t}/ray_results",), in_process=True),
+    Case("tune-gpus-between-ray-units", "tuning.run", ("--space", "smoke", "--gpus-per-trial", "0.00015", *TUNE),
+         ("resources.gpus_per_trial must be a multiple of 0.0001", "0.00015"), ("{t}/ray_results",), in_process=True),
+    Case("tune-num-cpus-huge", "tuning.run", ("--space", "smoke", *TUNE, "--num-cpus", str(2**40)),
+         ("--num-cpus must be at most 2147483647", str(2**40)), ("{t}/ray_results",), in_process=True),
     Case("tune-name-too-long", "tuning.run", ("--space", "smoke", *TUNE, "--name", "n" * 300),
          ("--name is 300 bytes long", "at most 200"), ("{t}/ray_results",), in_process=True),
     Case("tune-name-with-slash", "tuning.run", ("--space", "smoke", *TUNE, "--name", "a/b"),

@@ -25,6 +25,7 @@ from multivae.errors import UserError
 from multivae.training import TrainConfig
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
+from tuning.resources import node_capacity, placement_problem
 from tuning.space import SearchSpace, fixed_config
 
 
@@ -57,6 +58,10 @@ def check_cluster_resources(space: SearchSpace) -> None:
     validate_resources(space, resources.get("GPU", 0))
     if space.resources.cpus_per_trial > resources.get("CPU", 0):
         raise UserError(f"cpus_per_trial={space.resources.cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+    # a trial is one actor on one node: the cluster's sum is not enough, one node must hold it
+    problem = placement_problem(space.resources.cpus_per_trial, space.resources.gpus_per_trial, node_capacity(ray.nodes()))
+    if problem is not None:
+        raise UserError(f"{space.source}: resources: {problem}")
 
 
 def open_optuna_storage(url: str, study_name: str, *, overwrite: bool):

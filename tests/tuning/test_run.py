@@ -257,3 +257,24 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
     res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["resumed"] is True and res["space"] == "smoke_every_epoch" and res["trials"]["total"] == space.search.num_samples
     assert res["trials"]["unfinished"] == 0 and 0.0 < res["test"]["ndcg@100"] <= 1.0
+
+
+def test_a_search_that_may_train_in_bf16_on_cpu_warns_in_one_line_where_bf16_has_no_units(tmp_path):
+    from multivae.precision import cpu_has_bf16_matmul
+    from tuning.space import with_overrides
+
+    def space(fixed: str, params: str = ""):
+        path = tmp_path / "s.yaml"
+        path.write_text(f"fixed: {{epochs: 1{fixed}}}\nparams:\n  lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}\n{params}")
+        return load_space(str(path))
+
+    chosen = space("", "  precision: {type: choice, values: [fp32, bf16]}\n")
+    assert run.bf16_trial_warning(space("")) is None                                   # fp32 by default
+    assert run.bf16_trial_warning(space(", precision: bf16-sim")) is None
+    assert run.bf16_trial_warning(with_overrides(chosen, gpus_per_trial=1)) is None    # trials on a GPU
+    for s in (chosen, space(", precision: bf16")):
+        line = run.bf16_trial_warning(s)
+        if cpu_has_bf16_matmul():
+            assert line is None
+        else:
+            assert line.startswith("warning: precision bf16: this CPU has no bf16 matmul units") and "\n" not in line
