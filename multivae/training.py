@@ -23,7 +23,7 @@ import torch
 
 from multivae.allocator import MALLOC_MODES, keep_freed_memory
 from multivae.batch import SparseBatch
-from multivae.checkpoint import load_checkpoint, save_checkpoint
+from multivae.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.data.split import SplitData
 from multivae.errors import UserError
@@ -317,6 +317,7 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
             shown = (f"column {differ} is item {theirs[differ]} in the checkpoint and {ours[differ]} in the dataset"
                      if differ < min(len(ours), len(theirs)) else f"{len(theirs)} items in the checkpoint, {len(ours)} in the dataset")
             raise UserError(f"{path}: the checkpoint was trained on another dataset or item catalogue ({shown})")
+    check_weights(payload.get("model"), payload.get("n_items"), model_cfg, where)   # before the model is allocated
     state = init_state(payload["n_items"], model_cfg, cfg)
     try:
         state.model.load_state_dict(payload["model"])

@@ -162,6 +162,8 @@ CASES = [
          ("--name is 300 bytes long", "at most 200"), ("{t}/ray_results",), in_process=True),
     Case("tune-name-with-slash", "tuning.run", ("--space", "smoke", *TUNE, "--name", "a/b"),
          ("--name must be a plain directory name", "'a/b'"), ("{t}/ray_results",), in_process=True),
+    Case("tune-name-with-newline", "tuning.run", ("--space", "smoke", *TUNE, "--name", "a\nb"),   # it broke the printed commands
+         ("--name must be a plain directory name", "'a\\nb'"), ("{t}/ray_results",), in_process=True),
     Case("tune-address-unreachable", "tuning.run", ("--space", "smoke", *TUNE, "--address", "127.0.0.1:9"),
          ("--address 127.0.0.1:9: nothing answers there",), ("{t}/ray_results",), in_process=True),
     Case("tune-resume-run-meta-corrupt", "tuning.run", ("--resume", "--name", "meta_bad", "--storage", "{d}/exps", "--cache-dir", "{t}/cache"),

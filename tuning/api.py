@@ -9,6 +9,7 @@ what it found (the best configuration, the best model's folder, a DataFrame of e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 import pandas as pd
@@ -28,12 +29,25 @@ class SearchResult:
 
 
 def _flags(overrides: dict[str, Any]) -> list[str]:
+    """The command line of `overrides`, each keyword checked against the flag it stands for."""
+    from multivae.errors import UserError, check_keyword_text, short_repr
+    from tuning import run
+
+    actions = {a.dest: a for a in run._parser()._actions if a.option_strings and a.dest not in ("help", "version")}
     argv: list[str] = []
     for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
+        action = actions.get(key)
+        if action is None:
+            raise UserError(f"tuning.search: unknown keyword {short_repr(key)} (keywords: {', '.join(sorted(actions))})")
+        switch = action.nargs == 0
+        if switch and not isinstance(value, bool):
+            raise UserError(f"tuning.search: {key} must be True or False, got {short_repr(value)}")
+        if not switch and (isinstance(value, bool) or not isinstance(value, (str, int, float, PathLike))) and value is not None:
+            raise UserError(f"tuning.search: {key} must be a string or a number, got {short_repr(value)}")
         if value is None or value is False:
             continue
-        argv += [flag] if value is True else [flag, str(value)]
+        check_keyword_text("tuning.search", key, value)
+        argv += [action.option_strings[-1]] if value is True else [f"{action.option_strings[-1]}={value}"]
     return argv
 
 
@@ -43,11 +57,16 @@ def search(space: str = "default", **overrides: Any) -> SearchResult:
     `multivae.errors.UserError`; a search left unfinished raises RuntimeError with the resume command."""
     import yaml
 
+    from multivae.errors import UserError, api_call, check_keyword_text, short_repr
     from tuning import experiment, run
 
-    argv = ([] if overrides.get("resume") else ["--space", space]) + _flags(overrides)
-    args = run._parser().parse_args(argv)
-    rc = run.main(argv)
+    if not isinstance(space, (str, PathLike)):
+        raise UserError(f"tuning.search: space must be a search space name or a YAML path, got {short_repr(space)}")
+    check_keyword_text("tuning.search", "space", space)
+    argv = ([] if overrides.get("resume") else [f"--space={space}"]) + _flags(overrides)
+    with api_call("tuning.search"):
+        args = run._parser().parse_args(argv)
+        rc = run.main(argv)
     if rc != 0:
         raise RuntimeError(f"the search stopped before its end (exit {rc}); continue it with tuning.search(resume=True, "
                            f"name=..., storage=...) or `python -m tuning.run --resume`")

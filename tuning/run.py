@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,7 +96,8 @@ def _check_args(args) -> None:
         if changed:
             raise UserError(f"{', '.join(changed)} cannot change on --resume: the search goes on with the settings it "
                             f"started with (see {RUN_META} in the experiment directory)")
-    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".") or "\0" in args.name):
+    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")
+                                  or any(unicodedata.category(c) == "Cc" for c in args.name)):   # NUL, newline, ESC...
         raise UserError(f"--name must be a plain directory name, got {short_repr(args.name)}")
     if args.name is not None and len(args.name.encode()) > MAX_NAME_BYTES:
         raise UserError(f"--name is {len(args.name.encode())} bytes long; at most {MAX_NAME_BYTES} fit a file name "

@@ -55,3 +55,23 @@ def test_import_multivae_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("kw, message", [
+    # argparse's refusal: was SystemExit(2) into the caller, and a message about --epochs
+    ({"epochs": "many"}, r"^multivae\.fit: argument epochs: invalid int value: 'many'$"),
+    # a check of ours after parsing: the keyword, not the flag
+    ({"epochs": 0}, r"^multivae\.fit: epochs must be >= 1, got 0$"),
+    ({"model": "ease", "ease_lambda": [float("nan")]}, r"^multivae\.fit: ease_lambda needs values > 0 \(and finite\), got nan$"),
+    ({"cache_dir": "a\0b"}, r"^multivae\.fit: cache_dir must not contain a NUL byte, got 'a\\x00b'$"),   # was a ValueError
+])
+def test_fit_raises_user_error_naming_keywords_never_system_exit(tmp_path, kw, message):
+    with pytest.raises(UserError, match=message) as err:
+        multivae.fit(data="synthetic", out=tmp_path / "run", **kw)
+    assert "--" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_a_nul_byte_in_a_path(tmp_path):
+    with pytest.raises(UserError, match=r"^multivae\.fit: out must not contain a NUL byte"):
+        multivae.fit(data="synthetic", out=str(tmp_path / "r\0un"))

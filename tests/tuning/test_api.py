@@ -34,3 +34,28 @@ def test_readme_search_snippet_runs_verbatim_and_agrees_with_the_files(ray_sessi
     assert (Path(found.best_model) / "model.json").is_file()
     out = capsys.readouterr().out
     assert "popularity" in out and "rank" in out
+
+
+def test_search_raises_user_error_naming_keywords_before_anything_starts(tmp_path):
+    """The docstring's promise: bad input is a UserError (not TypeError, KeyError, ValueError or a SystemExit
+    into the notebook), and its message names keywords, not flags. Nothing is started or written."""
+    import pytest
+
+    import tuning
+    from multivae.errors import UserError
+
+    storage = str(tmp_path / "ray_results")
+    cases = [
+        ({"space": 5}, r"^tuning\.search: space must be a search space name or a YAML path, got 5$"),          # was TypeError
+        ({"space": "smoke", "num_samples": "lots"}, r"^tuning\.search: argument num_samples: invalid int value: 'lots'$"),  # SystemExit(2)
+        ({"space": "smoke", "num_samples": 0}, r"^tuning\.search: num_samples must be >= 1, got 0$"),
+        ({"space": "smoke", "name": "a\0b"}, r"^tuning\.search: name must not contain a NUL byte"),                # was ValueError
+        ({"space": "smoke", "nmae": "x"}, r"^tuning\.search: unknown keyword 'nmae' \(keywords: "),
+        ({"space": "smoke", "quiet": "yes"}, r"^tuning\.search: quiet must be True or False, got 'yes'$"),
+        ({"space": "smoke", "resume": True}, r"^tuning\.search: resume needs name \(the experiment to continue\)$"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UserError, match=message) as err:
+            tuning.search(**{"storage": storage, **kw})
+        assert "--" not in str(err.value), str(err.value)
+    assert not (tmp_path / "ray_results").exists()
