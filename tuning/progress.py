@@ -33,8 +33,9 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressLine(tune.Callback):
-    """One compact line per trial result: trial k/N (k: the number of its folder, `trial_dirname`), epoch, the metric, the trial's best, the KL weight, the
-    search's elapsed time and an ETA (the mean time per ended trial so far, times the trials still to end)."""
+    """One compact line per trial result: trial k/N (k: the number of its folder, `trial_dirname`), epoch, the
+    metric, the trial's best, the KL weight, the search's elapsed time and an ETA (the mean time per ended trial
+    so far, times the trials still to end)."""
 
     def __init__(self, metric: str, max_t: int | None, num_samples: int | None = None) -> None:
         self.metric, self.max_t, self.num_samples = metric, max_t, num_samples
