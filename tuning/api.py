@@ -45,27 +45,16 @@ def search(space: str = "default", **overrides: Any) -> SearchResult:
     from tuning import experiment, run
 
     argv = ([] if overrides.get("resume") else ["--space", space]) + _flags(overrides)
-    args = run._parser().parse_args(argv)
-    rc = run.main(argv)
+    planned: list[str] = []
+    rc = run.main(argv, planned=planned)
     if rc != 0:
         raise RuntimeError(f"the search stopped before its end (exit {rc}); continue it with tuning.search(resume=True, "
                            f"name=..., storage=...) or `python -m tuning.run --resume`")
-    root = experiment.storage_root(args.storage)
-    name = args.name or _newest(root, space)
-    exp = experiment.join(root, name)
+    exp = planned[0]   # the experiment this run made (or resumed), whatever else the storage holds
     results = experiment.read_json(experiment.join(exp, experiment.RESULTS), "the search's results")
     rows = [{k: v for k, v in r.items() if k != "config"} | r["config"] for r in results["trials_table"]]
     return SearchResult(exp, yaml.safe_load(experiment.read_text(experiment.join(exp, experiment.BEST_CONFIG))),
                         results["best_model"], pd.DataFrame(rows), results["val"], results["test"], results["popularity"], results)
-
-
-def _newest(root: str, space: str) -> str:
-    """The experiment a run without --name just made: the newest `<space>-<timestamp>` folder."""
-    from tuning import experiment
-
-    names = [d.rstrip("/").rsplit("/", 1)[-1] for d in experiment.list_dirs(root)]
-    prefix = space.rsplit("/", 1)[-1].removesuffix(".yaml")
-    return sorted(n for n in names if n.startswith(f"{prefix}-"))[-1]
 
 
 __all__ = ["SearchResult", "search"]

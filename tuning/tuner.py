@@ -191,7 +191,9 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     config and the trials come back from the experiment folder; only the trainable (and with it the dataset)
     is given again. ASHA's rungs, which Ray does not save, are rebuilt from the trials' results."""
     try:
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored)
+        # the space's fixed settings (and PBT's domains) given again: no trial runs without them
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored,
+                                   param_space=param_space(space))
     except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:   # a damaged tuner.pkl or experiment state
         raise UserError(f"{exp_path}: Tune's saved state of this experiment cannot be read ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); its trials' results are still there: "
