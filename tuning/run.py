@@ -186,7 +186,8 @@ def plan_run(args) -> Plan:
 
     root = experiment.storage_root(args.storage)
     check_storage(root)
-    if args.resume:
+    if args.resume:   # a live run is still writing the state the checks below read: say that first
+        experiment.ExperimentLock(root, args.name).refuse_if_live()
         plan = _plan_resume(args, root, args.name, experiment.join(root, args.name))
     else:
         space = with_overrides(load_space(args.space or "default"), **_overrides(args))
