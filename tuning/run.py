@@ -6,7 +6,8 @@ the weak early), then test the best trial once.
     python -m tuning.run --name ml1m-a --resume [--retry-errored]            # continue an interrupted run
 
 The steps, each in its module: the space and the flags (`tuning.space`); the experiment's lock, so one run
-at a time writes it (`tuning.experiment`); the dataset, loaded once here in the driver; Ray and the Tuner
+at a time writes it (`tuning.experiment`); on --resume, the experiment's format version and the signatures of
+the Tune state it would unpickle (`tuning.signing`, docs/security.md); the dataset, loaded once here in the driver; Ray and the Tuner
 (`tuning.tuner`), the trials (`tuning.trainable`); the best trial tested once and the results written
 (`tuning.finalize`). `python -m tuning.report` and `tensorboard --logdir <storage>/<name>` show the trials.
 """
@@ -231,9 +232,8 @@ def take_lock(plan: Plan, args) -> None:
 def _plan_resume(args, root: str, name: str, exp_path: str) -> Plan:
     from ray import tune
 
-    from tuning.space import load_space, with_overrides
-
     from tuning import ray_compat, signing
+    from tuning.space import load_space, with_overrides
 
     if not experiment.exists(experiment.join(exp_path, RUN_META)):
         raise UserError(f"{exp_path}: no experiment to resume there (no {RUN_META})")
@@ -293,6 +293,7 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
     def sign_saved(folder: str) -> None:
         staging[:] = [folder]
         signing.sign(plan.exp_path, staging=folder)
+
     started_ray = tuner.start_ray(cluster_address(args), args.num_cpus, args.quiet)
     if term is not None:
         term.install()   # again: ray.init installs a C++ handler of its own that dies on SIGTERM
