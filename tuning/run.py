@@ -7,9 +7,9 @@ the weak early), then test the best trial once.
 
 The steps, each in its module: the space and the flags (`tuning.space`); the experiment's lock, so one run
 at a time writes it (`tuning.experiment`); on --resume, the experiment's format version and the signatures of
-the Tune state it would unpickle (`tuning.signing`, docs/security.md); the dataset, loaded once here in the driver; Ray and the Tuner
-(`tuning.tuner`), the trials (`tuning.trainable`); the best trial tested once and the results written
-(`tuning.finalize`). `python -m tuning.report` and `tensorboard --logdir <storage>/<name>` show the trials.
+the Tune state it would unpickle (`tuning.signing`, docs/security.md); the dataset, loaded once here in the
+driver; Ray and the Tuner (`tuning.tuner`), the trials (`tuning.trainable`); the best trial tested once and
+the results written (`tuning.finalize`). `python -m tuning.report` and `tensorboard --logdir <storage>/<name>` show the trials.
 """
 
 from __future__ import annotations
