@@ -42,36 +42,39 @@ _after_save: list[Any] = []   # the function `after_experiment_saves` set, calle
 
 
 def after_experiment_saves(fn: Any) -> None:
-    """Call `fn(staging_folder)` after each of Tune's experiment snapshots has reached the storage (None: stop)."""
+    """Call `fn(staging_folder)` each time Tune has written a snapshot of the experiment into its driver staging
+    folder, before it uploads it to the storage (None: stop)."""
     _after_save[:] = [fn] if fn is not None else []
 
 
 def call_after_experiment_saves() -> None:
     """Tune writes its state (`experiment_state-*.json`, the searcher's and callbacks' pickles) into the driver's
-    staging folder and uploads it to the storage from a thread (`TuneController.checkpoint`, throttled); no public
-    hook runs after that. This waits for the upload of each snapshot that was taken, then calls the function of
-    `after_experiment_saves` (tuning.signing signs what was uploaded)."""
+    staging folder (`TuneController.save_to_dir`) and then uploads that folder to the storage from a thread; no
+    public hook runs in between. This calls the function of `after_experiment_saves` there, once the upload of
+    the previous snapshot has finished (so the storage holds one snapshot, not a mix): tuning.signing signs the
+    new files before they reach the storage."""
     from ray.tune.execution.tune_controller import TuneController
 
-    original = TuneController.checkpoint
+    original = TuneController.save_to_dir
     if getattr(original, "_calls_after_save", False):
         return
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        manager = getattr(self, "_checkpoint_manager", None)
-        before = getattr(manager, "_last_save_time", None)
+    def save_to_dir(self, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
-        if _after_save and getattr(manager, "_last_save_time", None) != before:
+        if _after_save:
             try:
                 self._storage.syncer.wait()
+            except Exception:  # noqa: BLE001 - Ray logs a failed upload itself; the next one retries
+                pass
+            try:
                 _after_save[0](self._storage.experiment_driver_staging_path)
-            except Exception as exc:  # noqa: BLE001 - the search goes on; the next save signs again
+            except Exception as exc:  # noqa: BLE001 - the search goes on; the next snapshot signs again
                 log.warning("could not sign the experiment's saved state: %s", exc)
         return out
 
-    checkpoint._calls_after_save = True
-    checkpoint.__wrapped__ = original
-    TuneController.checkpoint = checkpoint
+    save_to_dir._calls_after_save = True
+    save_to_dir.__wrapped__ = original
+    TuneController.save_to_dir = save_to_dir
 
 
 def drop_stale_trial_decisions_on_resume() -> None:

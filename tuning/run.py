@@ -331,7 +331,7 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
             t = tuner.new_tuner(space, split, name=plan.name, root=plan.root, max_failures=args.max_failures, quiet=args.quiet,
                                 callbacks=callbacks, optuna_storage=plan.study_storage)
             signing.sign(plan.exp_path, trusted=[ray_compat.TUNER_STATE])   # written just now, by this driver
-        ray_compat.after_experiment_saves(sign_saved)   # each snapshot Tune saves is signed once uploaded
+        ray_compat.after_experiment_saves(sign_saved)   # each snapshot Tune saves is signed before it is uploaded
         t0 = time.perf_counter()
         try:
             t.fit()

@@ -6,9 +6,9 @@ inside `experiment_state-*.json`, and a trial's `error.pkl` and `params.pkl`: wh
 could run code in the next `--resume`. Each of those files gets an HMAC-SHA256 with a key of this user's, kept
 outside the storage (`$XDG_CONFIG_HOME/multivae-tune/hmac.key`, else `~/.config/...`, mode 0600), in the
 manifest `signatures.json` of the experiment folder; `verify` checks them all before anything is loaded.
-`sign` runs after each of Ray's saves and signs a file only when it is the copy Ray itself just wrote (equal to
-the driver's staging copy) or already carries a valid signature, so a file planted while the search runs stays
-unsigned and is refused at the next `--resume`. docs/security.md says what is trusted.
+`sign` runs after Ray writes each snapshot into its driver staging folder and before Ray uploads it: it signs
+what Ray just wrote and keeps only signatures that still verify, so a file planted in the storage while the
+search runs stays unsigned and is refused at the next `--resume`. docs/security.md says what is trusted.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def _mac(key: bytes, relpath: str, data: bytes) -> str:
     return hmac.new(key, relpath.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def read_manifest(exp_path: str) -> dict[str, str] | None:
-    """relative path -> HMAC; None when there is no manifest or it is not one."""
+def read_manifest(exp_path: str) -> dict[str, dict] | None:
+    """relative path -> {"hmac": [accepted HMACs, newest first], "required": bool}; None when there is no
+    manifest or it is not one."""
     path = experiment.join(exp_path, MANIFEST)
     if not experiment.exists(path):
         return None
@@ -96,19 +97,25 @@ def read_manifest(exp_path: str) -> dict[str, str] | None:
     except UserError:
         return None
     files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+    if not isinstance(files, dict):
         return None
+    for entry in files.values():
+        if not (isinstance(entry, dict) and isinstance(entry.get("hmac"), list) and all(isinstance(h, str) for h in entry["hmac"])
+                and isinstance(entry.get("required"), bool)):
+            return None
     return files
 
 
-def _write_manifest(exp_path: str, files: dict[str, str]) -> None:
-    experiment.write_json(experiment.join(exp_path, MANIFEST), {"algorithm": "hmac-sha256", "key": "per user, see docs/security.md",
-                                                                 "files": dict(sorted(files.items()))})
+def _manifest_text(files: dict[str, dict]) -> str:
+    from multivae.files import dumps_json
+
+    return dumps_json({"algorithm": "hmac-sha256", "key": "per user, see docs/security.md", "files": dict(sorted(files.items()))}) + "\n"
 
 
 def verify(exp_path: str) -> None:
     """Refuse, naming the file, an experiment in which a file Ray unpickles has no valid signature of this user's,
-    or a signed one is gone (Ray would then quietly rebuild that part of the search). Reads, writes nothing."""
+    or a signed one that was there at a save is gone (Ray would then quietly skip that part of the restore).
+    Reads, writes nothing."""
     manifest_path = experiment.join(exp_path, MANIFEST)
     key = load_key(create=False)
     if key is None:
@@ -120,43 +127,49 @@ def verify(exp_path: str) -> None:
                         f"nothing was loaded; {TRUST_HINT}")
     files = covered_files(exp_path)
     for rel in files:
-        want = manifest.get(rel)
-        if want is None or not hmac.compare_digest(want, _mac(key, rel, experiment.read_bytes(experiment.join(exp_path, rel)))):
-            why = "has no signature" if want is None else "does not match its signature"
+        accepted = manifest.get(rel, {}).get("hmac", [])
+        mac = _mac(key, rel, experiment.read_bytes(experiment.join(exp_path, rel)))
+        if not any(hmac.compare_digest(h, mac) for h in accepted):
+            why = "does not match its signature" if accepted else "has no signature"
             raise UserError(f"{experiment.join(exp_path, rel)}: {why} (HMAC-SHA256 with your key {key_path()}): it was "
                             f"changed or put there after tuning.run last saved the experiment, or by another user; "
                             f"nothing was loaded; {TRUST_HINT}")
-    missing = sorted(set(manifest) - set(files))
+    missing = sorted(rel for rel, entry in manifest.items() if entry["required"] and rel not in files)
     if missing:
-        raise UserError(f"{experiment.join(exp_path, missing[0])}: signed at the last save but gone; Tune would resume "
+        raise UserError(f"{experiment.join(exp_path, missing[0])}: signed at a save and gone since; Tune would resume "
                         f"without it (a search half restored); nothing was loaded")
 
 
 def sign(exp_path: str, *, staging: str | Path | None = None, trusted: Iterable[str] = (), everything: bool = False) -> None:
-    """Rewrite the manifest for the files as they are now. A file is signed when `everything` (--trust-storage),
-    when it is in `trusted` (just written by this driver, as tuner.pkl), or when it equals the copy in Ray's driver
-    staging folder `staging` (what Ray just uploaded); a file that already has a valid signature keeps it.
-    Anything else is left unsigned, and `verify` refuses it."""
+    """Rewrite the manifest. Called with Ray's driver staging folder `staging` after Ray wrote a snapshot there and
+    before Ray uploads it: each staged file is signed (its new HMAC first, the storage copy's still-valid one
+    kept beside it, so a driver killed in the middle of the upload leaves files that verify either way). A file
+    of the storage keeps a signature only when it already verifies, or when it is in `trusted` (just written by
+    this driver, as tuner.pkl) or `everything` is set (--trust-storage); anything else stays unsigned, and
+    `verify` refuses it. The manifest goes into the storage, and into `staging` so that the upload carries the
+    same one."""
     key = load_key(create=True)
     old = read_manifest(exp_path) or {}
-    trusted, staging = set(trusted), Path(staging) if staging else None
-    new = {}
+    trusted = set(trusted)
+    new: dict[str, dict] = {}
     for rel in covered_files(exp_path):
-        data = experiment.read_bytes(experiment.join(exp_path, rel))
-        mac = _mac(key, rel, data)
-        if everything or rel in trusted or hmac.compare_digest(old.get(rel, ""), mac) or _same_as(staging, rel, data):
-            new[rel] = mac
-    if new != old or not experiment.exists(experiment.join(exp_path, MANIFEST)):
-        _write_manifest(exp_path, new)
+        mac = _mac(key, rel, experiment.read_bytes(experiment.join(exp_path, rel)))
+        if everything or rel in trusted or any(hmac.compare_digest(h, mac) for h in old.get(rel, {}).get("hmac", [])):
+            new[rel] = {"hmac": [mac], "required": True}   # there now, so it must still be there on --resume
+    if staging is not None:
+        root = Path(staging)
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and covered(rel):
+                mac = _mac(key, rel, path.read_bytes())
+                there = new.get(rel)
+                new[rel] = {"hmac": [mac] + [h for h in (there or {}).get("hmac", []) if h != mac], "required": there is not None}
+    text = _manifest_text(new)
+    experiment.write_text(experiment.join(exp_path, MANIFEST), text)
+    if staging is not None:
+        from multivae.files import atomic_write_text
 
-
-def _same_as(staging: Path | None, rel: str, data: bytes) -> bool:
-    if staging is None:
-        return False
-    try:
-        return (staging / rel).read_bytes() == data
-    except OSError:
-        return False
+        atomic_write_text(Path(staging) / MANIFEST, text)   # else Ray's upload would put back the copy it staged
 
 
 __all__ = ["MANIFEST", "covered", "covered_files", "key_path", "load_key", "read_manifest", "sign", "verify"]
