@@ -188,7 +188,8 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def print_table(headers: list[str], rows: list[list[Any]], file=sys.stdout) -> None:
+def print_table(headers: list[str], rows: list[list[Any]], file=None) -> None:
+    file = file or sys.stdout       # looked up at call time (a default bound at import misses redirection)
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"   # noqa: E731
@@ -198,15 +199,16 @@ def print_table(headers: list[str], rows: list[list[Any]], file=sys.stdout) -> N
         print(line(r), file=file)
 
 
-def write_result(name: str, payload: dict[str, Any], argv: list[str], out_dir: str | Path | None = None) -> Path:
+def write_result(name: str, payload: dict[str, Any], argv: list[str], out_dir: str | Path | None = None,
+                 module: str | None = None) -> Path:
     """`<out_dir>/<name>.json` (default bench/results), written to a temporary name and renamed; `argv` are
     the bench's arguments, recorded as the command that produced the numbers (less `--out`, which only
-    says where the file goes)."""
+    says where the file goes); `module` is the bench's module where it is not `name`."""
     out = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     doc = {"bench": name, "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join(["python -m bench." + name, *_without_out(argv)]),
+           "command": " ".join(["python -m bench." + (module or name), *_without_out(argv)]),
            **payload}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")

@@ -2,13 +2,16 @@
 
     python -m bench.precision_parity --run --data-dir /work/shared/datasets    # train what is missing, then the table
     python -m bench.precision_parity                                           # only read runs/parity/*/metrics.json back
+    python -m bench.precision_parity --run --models vae --epochs 30 --seeds 98765 --root runs/parity30   # the short table
 
 Every run is `python -m multivae.train --dataset ml-1m --data-dir DATA --model M --precision P --seed S
---out runs/parity/<M>-<P>-<S> --quiet --threads 1` (niced, `--jobs` at a time; a run whose metrics.json exists is
-read back, not retrained). P is fp32 and bf16, or bf16-sim where bf16 has no hardware (a CPU without AMX or
-AVX512-BF16 runs bf16 matmuls 13x slower than fp32; bf16-sim has bf16's rounding at about fp32 speed). Prints test NDCG@100 / Recall@20 / Recall@50 mean +- std per model and precision, and
-the gate for each precision against fp32: |delta mean NDCG@100| <= 0.003 and no seed below fp32's worst seed by
-more than 0.005. Writes bench/results/precision_parity.json.
+--out <root>/<M>-<P>-<S> --quiet --threads 1` (niced, `--jobs` at a time; a run whose metrics.json exists is
+read back, not retrained). P is every precision a user can select, run as the user runs it on the machine at
+hand: fp32, bf16 (real autocast, also on a CPU without bf16 matmul units, where it is right but slow) and
+bf16-sim. Prints test NDCG@100 / Recall@20 / Recall@50 (mean over seeds ± the per-user standard error, and the
+std over seeds), s/epoch and its ratio to fp32's, popularity on the same users, and the gate for each precision
+against fp32: |delta mean NDCG@100| <= 0.003 and no seed below fp32's worst seed by more than 0.005.
+Writes bench/results/precision_parity.json (or precision_parity-<root name>.json for another --root).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_info, print_table, write_result
+from multivae.precision import PRECISIONS, cpu_has_bf16_matmul
 
 SEEDS = (98765, 1, 2)
 MODELS = ("vae", "dae")
@@ -64,12 +68,12 @@ def run_missing(todo: list[list[str]], jobs: int, log_dir: Path) -> None:
                 print(f"done  {name}", flush=True)
 
 
-def aggregate(root: Path, precisions: list[str]) -> dict[str, Any]:
+def aggregate(root: Path, precisions: list[str], seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for model in MODELS:
         for precision in precisions:
             runs = {}
-            for seed in SEEDS:
+            for seed in seeds:
                 path = run_dir(root, model, precision, seed) / "metrics.json"
                 if path.exists():
                     runs[seed] = json.loads(path.read_text())
@@ -78,7 +82,12 @@ def aggregate(root: Path, precisions: list[str]) -> dict[str, Any]:
             row: dict[str, Any] = {"model": model, "precision": precision, "seeds": list(runs)}
             for m in METRICS:
                 vals = [r["test"][m] for r in runs.values()]
-                row[m] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+                ses = [r["test"].get(f"{m}_se", float("nan")) for r in runs.values()]
+                row[m] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals,
+                          "se": statistics.fmean(ses)}
+            pops = [r["popularity"]["test"] for r in runs.values() if "popularity" in r]
+            if pops:     # the same users for every run of the split: one popularity row per model
+                row["popularity"] = {m: {"mean": pops[0][m], "se": pops[0].get(f"{m}_se", float("nan"))} for m in METRICS}
             row["best_epoch"] = [r["best"]["epoch"] for r in runs.values()]
             row["time_per_epoch_s"] = statistics.fmean(r["time_per_epoch_s"] for r in runs.values())
             row["eval_time_per_epoch_s"] = statistics.fmean(r["eval_time_per_epoch_s"] for r in runs.values())
@@ -89,23 +98,30 @@ def aggregate(root: Path, precisions: list[str]) -> dict[str, Any]:
             continue
         delta = row["ndcg@100"]["mean"] - ref["ndcg@100"]["mean"]
         worst_gap = min(row["ndcg@100"]["values"]) - min(ref["ndcg@100"]["values"])
-        complete = len(row["seeds"]) == len(ref["seeds"]) == len(SEEDS)
+        row["time_vs_fp32"] = row["time_per_epoch_s"] / ref["time_per_epoch_s"]
+        complete = len(row["seeds"]) == len(ref["seeds"]) == len(seeds)
         row["gate"] = {"delta_mean_ndcg@100": delta, "worst_seed_minus_fp32_worst": worst_gap, "complete": complete,
                        "passes": complete and abs(delta) <= GATE_MEAN and worst_gap >= -GATE_WORST}
     return table
 
 
 def print_parity(table: dict[str, Any]) -> None:
-    headers = ["model", "precision", "seeds", "NDCG@100", "Recall@20", "Recall@50", "best epochs", "s/epoch train",
-               "delta NDCG@100", "worst - fp32 worst", "gate"]
+    headers = ["model", "precision", "seeds", "NDCG@100 ± SE", "std over seeds", "Recall@20", "Recall@50", "best epochs",
+               "s/epoch train", "x fp32", "delta NDCG@100", "worst - fp32 worst", "gate"]
     rows = []
     for row in table.values():
         g = row.get("gate", {})
         rows.append([row["model"], row["precision"], len(row["seeds"]),
-                     *(f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in METRICS), ",".join(map(str, row["best_epoch"])),
-                     f"{row['time_per_epoch_s']:.2f}",
+                     f"{row['ndcg@100']['mean']:.4f} ± {row['ndcg@100']['se']:.4f}", f"{row['ndcg@100']['std']:.4f}",
+                     *(f"{row[m]['mean']:.4f} ± {row[m]['se']:.4f}" for m in METRICS[1:]), ",".join(map(str, row["best_epoch"])),
+                     f"{row['time_per_epoch_s']:.2f}", f"{row['time_vs_fp32']:.2f}" if "time_vs_fp32" in row else "",
                      f"{g['delta_mean_ndcg@100']:+.4f}" if g else "", f"{g['worst_seed_minus_fp32_worst']:+.4f}" if g else "",
                      ("pass" if g["passes"] else ("fail" if g["complete"] else "incomplete")) if g else ""])
+    for model in MODELS:
+        pop = next((r["popularity"] for r in table.values() if r["model"] == model and "popularity" in r), None)
+        if pop:
+            rows.append([model, "popularity", "", f"{pop['ndcg@100']['mean']:.4f} ± {pop['ndcg@100']['se']:.4f}", "",
+                         *(f"{pop[m]['mean']:.4f} ± {pop[m]['se']:.4f}" for m in METRICS[1:]), "", "", "", "", "", ""])
     print_table(headers, rows)
 
 
@@ -115,32 +131,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--run", action="store_true", help="train the runs that have no metrics.json yet")
     p.add_argument("--data-dir", default=os.environ.get("MULTIVAE_DATA_DIR", "../shared/datasets"))
     p.add_argument("--root", default="runs/parity")
-    p.add_argument("--precisions", nargs="+", default=None, help="default: fp32 and bf16 where bf16 has hardware (a GPU, or "
-                   "a CPU with AMX / AVX512-BF16), else fp32 and bf16-sim (bf16's rounding at fp32 speed)")
+    p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
+                   help="default: all three, bf16 as users run it here (slow but right where the CPU has no bf16 units)")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2)")
     p.add_argument("--out", default=None, help="folder for the JSON (default bench/results)")
     args = p.parse_args(argv)
-    if args.precisions is None:
-        import torch
-
-        from multivae.training import cpu_has_bf16_matmul
-
-        args.precisions = ["fp32", "bf16" if torch.cuda.is_available() or cpu_has_bf16_matmul() else "bf16-sim"]
-    root = Path(args.root)
+    root, seeds = Path(args.root), tuple(args.seeds)
     if args.run:
         # seed by seed, so that a partial run still gives complete fp32 / bf16 pairs
-        todo = [command(m, pr, s, args.data_dir, root, args.epochs) for s in SEEDS for m in args.models for pr in args.precisions
+        todo = [command(m, pr, s, args.data_dir, root, args.epochs) for s in seeds for m in args.models for pr in args.precisions
                 if not (run_dir(root, m, pr, s) / "metrics.json").exists()]
         run_missing(todo, args.jobs, root / "logs")
-    table = aggregate(root, args.precisions)
+    table = aggregate(root, args.precisions, seeds)
     print_parity(table)
-    payload = {"machine": machine_info(), "config": {"dataset": "ml-1m (paper protocol, 600/600 held-out users)", "epochs": args.epochs,
-               "seeds": list(SEEDS), "precisions": args.precisions, "gate": {"mean": GATE_MEAN, "worst_seed": GATE_WORST},
+    payload = {"machine": machine_info() | {"cpu_has_bf16_matmul": cpu_has_bf16_matmul()},
+               "config": {"dataset": "ml-1m (paper protocol, 600/600 held-out users)", "epochs": args.epochs,
+               "seeds": list(seeds), "precisions": args.precisions, "gate": {"mean": GATE_MEAN, "worst_seed": GATE_WORST},
                "command": "python -m multivae.train --dataset ml-1m --data-dir DATA --model M --precision P --seed S --quiet --threads 1"},
                "rows": table}
-    path = write_result("precision_parity", payload, argv, args.out)
+    name = "precision_parity" if root.name == "parity" else f"precision_parity-{root.name}"
+    path = write_result(name, payload, argv, args.out, module="precision_parity")
     print(f"\nwrote {path}")
     return payload
 

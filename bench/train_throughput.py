@@ -53,7 +53,8 @@ from multivae.allocator import KEEP_FREED_MEMORY_TUNABLES
 from multivae.batch import SparseBatch
 from multivae.data.split import SplitData
 from multivae.model import ModelConfig, kl_divergence, kl_weight, reconstruction_loss
-from multivae.training import Callback, TrainConfig, TrainState, init_state, train_epoch, training_precision
+from multivae.precision import forward_precision, training_precision
+from multivae.training import Callback, TrainConfig, TrainState, init_state, train_epoch
 
 ANNEAL_STEPS = 40_000   # the reference schedule on ML-20M (cap 0.2)
 
@@ -215,7 +216,7 @@ def profile_ours(train: sp.csr_matrix, batch_size: int, seed: int, steps: int, p
         t = [time.process_time()]
         x = SparseBatch.from_csr(train, slice((i % n_batches) * batch_size, (i % n_batches + 1) * batch_size))
         t.append(time.process_time())
-        with training_precision(torch.device("cpu"), state.train_config):
+        with training_precision(torch.device("cpu"), state.train_config), forward_precision(torch.device("cpu"), state.train_config):
             logits, mu, logvar = model(x)
         t.append(time.process_time())
         loss = reconstruction_loss(logits.float(), x) + 0.1 * kl_divergence(mu.float(), logvar.float())
@@ -368,7 +369,7 @@ def cuda_bench(n_items: int, batch_size: int, n_batches: int, seed: int) -> dict
         s = _cuda_timed(lambda: ours_epoch(state, split), repeat=3)
         out["train"][name] = {"s_per_epoch": s, "users_per_s": rows.shape[0] / s}
         score = model_scorer(state.model)
-        with training_precision(device, state.train_config):     # inference under the same setting as training
+        with training_precision(device, state.train_config), forward_precision(device, state.train_config):   # as in training
             s = _cuda_timed(lambda: per_user_metrics(score, fold_in, target, ("ndcg@100",), 2000, device), repeat=3)
         out["inference"][name] = {"s": s, "users_per_s": rows.shape[0] / s}
         del state

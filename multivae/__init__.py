@@ -31,7 +31,7 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
     keep, so for it the metrics.json contents come back instead.
     """
     from multivae import train
-    from multivae.errors import UserError
+    from multivae.errors import UserError, api_call, check_keyword_text
     from multivae.recommend import load
 
     dests = {a.dest: a for a in train._parser()._actions if a.dest not in ("help", "version")}
@@ -43,12 +43,16 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
         if value is None or value is False:
             continue
+        check_keyword_text("multivae.fit", key, value)
         if value is True:
             flags.append(flag)
         elif isinstance(value, (list, tuple)):
             flags += [flag, *map(str, value)]
         else:
             flags += [flag, str(value)]
+    for key, value in (("data", data), ("out", out)):
+        if isinstance(value, (str, Path)):
+            check_keyword_text("multivae.fit", key, value)
     if isinstance(data, (str, Path)) and str(data) in _dataset_names():
         argv = ["--dataset", str(data)]
     elif isinstance(data, (str, Path)):
@@ -67,7 +71,8 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
         raise UserError(f"data must be a dataset name, a file path or a pandas DataFrame, got {type(data).__name__}")
     argv += flags
     argv += ["--out", str(out)]
-    train.main(argv)
+    with api_call("multivae.fit"):   # a bad value is a UserError naming the keyword, never a SystemExit
+        train.main(argv)
     model_dir = Path(out) / train.MODEL_DIR
     if model_dir.is_dir():
         return load(model_dir)

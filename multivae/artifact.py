@@ -26,9 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from multivae.checkpoint import check_weights, read_torch_file
 from multivae.config import from_dict, to_dict
-from multivae.errors import UserError
-from multivae.files import atomic_write_bytes, atomic_write_json
+from multivae.errors import UserError, short_repr
+from multivae.files import atomic_write_bytes, atomic_write_json, current_umask
 from multivae.model import ModelConfig, build_model
 
 FORMAT = "multivae-model"
@@ -104,9 +105,7 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
+    tmp.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
     try:
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -180,32 +179,43 @@ def load_model_dir(path: str | Path) -> ModelDir:
     if meta.get("version") != VERSION:
         raise UserError(f"{meta_path}: model folder version {meta.get('version')!r} is not supported (expected {VERSION})")
     cfg = from_dict(ModelConfig, meta.get("model_config"), where=f"{meta_path}:model_config")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{weights_path}: file not found") from None
-    except Exception as exc:   # weights_only refusals and damaged files come as many exception types
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise UserError(f"{weights_path}: not readable as plain weights (weights_only=True): {first[:200]}") from None
+    for key in ("n_items", "n_users"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "n_items" else 0):
+            raise UserError(f"{meta_path}: {key} must be an integer >= {1 if key == 'n_items' else 0}, got {short_repr(value)}")
+    n_items, n_users = meta["n_items"], meta["n_users"]
+    state = read_torch_file(weights_path, "not readable as plain weights")
+    check_weights(state, n_items, cfg, str(weights_path))   # names and shapes, before the model is allocated
     try:
         with np.load(inter_path, allow_pickle=False) as z:
-            item_ids, user_ids = z["item_ids"], z["user_ids"]
-            indptr, indices = z["indptr"], z["indices"]
+            arrays = {k: z[k] for k in ("item_ids", "user_ids", "indptr", "indices")}
     except FileNotFoundError:
         raise UserError(f"{inter_path}: file not found") from None
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"{inter_path}: not a readable interactions file ({exc.__class__.__name__})") from None
-    n_items = int(meta.get("n_items", -1))
-    if len(item_ids) != n_items or len(indptr) != len(user_ids) + 1 or (len(indices) and indices.max() >= n_items):
-        raise UserError(f"{inter_path}: holds {len(item_ids)} items and {len(user_ids)} users, which do not match "
-                        f"{meta_path} ({n_items} items) or its own rows")
+    _check_interactions(inter_path, arrays, n_items, n_users)
+    item_ids, user_ids, indptr, indices = (arrays[k] for k in ("item_ids", "user_ids", "indptr", "indices"))
     model = build_model(n_items, cfg)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise UserError(f"{weights_path}: weights do not match the model config ({str(exc).splitlines()[0][:200]})") from None
+    model.load_state_dict(state)
     known = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(user_ids), n_items))
     return ModelDir(path, model.eval(), cfg, item_ids, user_ids, known, meta)
+
+
+def _check_interactions(path: Path, arrays: dict[str, np.ndarray], n_items: int, n_users: int) -> None:
+    """Ids and CSR rows of interactions.npz against model.json, before a matrix is built from them."""
+    for key, n in (("item_ids", n_items), ("user_ids", n_users)):
+        a = arrays[key]
+        if a.ndim != 1 or a.dtype.kind not in "iuU" or len(a) != n:
+            raise UserError(f"{path}: {key} must be {n} integer or text ids (as {MODEL_JSON} says), got {a.dtype} of shape {list(a.shape)}")
+    indptr, indices = arrays["indptr"], arrays["indices"]
+    for key, a in (("indptr", indptr), ("indices", indices)):
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise UserError(f"{path}: {key} must be a list of integers, got {a.dtype} of shape {list(a.shape)}")
+    if len(indptr) != n_users + 1 or indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise UserError(f"{path}: indptr is not the row index of {n_users} users' {len(indices)} interactions")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+        bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
+        raise UserError(f"{path}: item index {bad} is outside the {n_items} items of {MODEL_JSON}")
 
 
 __all__ = ["FORMAT", "INTERACTIONS", "MODEL_JSON", "VERSION", "WEIGHTS", "ModelDir", "find_model_dir", "known_from_split",

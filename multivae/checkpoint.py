@@ -53,6 +53,50 @@ def non_finite_weights(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def read_torch_file(path: str | Path, unreadable: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` with every failure as one line of our own (`unreadable`: what a
+    damaged file is called): torch's own message would advise retrying with weights_only=False, which runs
+    whatever code the file holds."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    if not head.startswith((b"PK\x03\x04", b"\x80")):   # torch.save writes a zip archive (a pickle before torch 1.6)
+        raise UserError(f"{path}: {unreadable} (not a file that torch.save writes)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: refused to load: it holds objects other than tensors and plain values, which are never "
+                        "unpickled (weights_only=True)") from None
+    except Exception as exc:  # torch raises many kinds (RuntimeError, EOFError, KeyError, ...) on a damaged file
+        raise UserError(f"{path}: {unreadable} (truncated or corrupt: {exc.__class__.__name__})") from None
+
+
+def check_weights(state: Any, n_items: Any, model_config: Any, where: str) -> None:
+    """Refuse weights read from a file unless they are exactly what `model_config` builds for `n_items`
+    items: names, shapes and float dtype, checked before anything is allocated (a forged config asking for a
+    573 GB layer is refused here, not by the allocator)."""
+    from multivae.model import state_shapes
+
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+        raise UserError(f"{where}: n_items must be an integer >= 1, got {short_repr(n_items)}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{where}: the weights are not a mapping of names to tensors")
+    expected = state_shapes(n_items, model_config)
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UserError(f"{where}: weights do not match the model config (missing {short_repr(missing)}, unexpected {short_repr(extra)})")
+    for name, shape in expected.items():
+        t = state[name]
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise UserError(f"{where}: weights do not match the model config ({name} is {t.dtype} {list(t.shape)}, "
+                            f"the config needs floats of shape {list(shape)})")
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -67,13 +111,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; any problem is a one-line UserError naming the file."""
     path = resolve_checkpoint_path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"{path}: refused to load (not a plain-tensor checkpoint; weights_only=True): {first}") from None
-    except Exception as exc:  # torch raises many kinds (RuntimeError, EOFError, KeyError, ...) on a damaged file
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {exc.__class__.__name__})") from None
+    payload = read_torch_file(path, "not a readable checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a multivae checkpoint (no format tag {FORMAT!r})")
     if payload.get("version") != VERSION:

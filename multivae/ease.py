@@ -13,6 +13,7 @@ with the chosen lambda (after a refit on train + valid when the split asks for `
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Sequence
@@ -72,8 +73,8 @@ def gram(x: sp.csr_matrix, dtype: str = "float64") -> torch.Tensor:
 
 def ease_weights(g: torch.Tensor, lam: float) -> torch.Tensor:
     """B from the Gram matrix (left unchanged): B_ij = -P_ij / P_jj off the diagonal, 0 on it."""
-    if lam <= 0:
-        raise ValueError(f"EASE lambda must be > 0, got {lam}")
+    if not (math.isfinite(lam) and lam > 0):   # nan gives a failed Cholesky, inf a B of nan: both rank by nothing
+        raise ValueError(f"EASE lambda must be > 0 and finite, got {lam}")
     a = g.clone()
     a.diagonal().add_(lam)
     a = torch.linalg.cholesky(a)                             # X^T X + lambda I is symmetric positive definite
@@ -118,8 +119,8 @@ def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence
     if select_metric not in metrics:
         raise ValueError(f"select_metric {select_metric!r} must be one of metrics {list(metrics)}")
     grid = [float(v) for v in grid]
-    if not grid or min(grid) <= 0:
-        raise ValueError(f"EASE lambda grid must be non-empty and > 0, got {grid}")
+    if not grid or not all(math.isfinite(v) and v > 0 for v in grid):
+        raise ValueError(f"EASE lambda grid must be non-empty and > 0 (and finite), got {grid}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     check_memory(split.n_items, dtype)

@@ -2,7 +2,8 @@
 
 Every output file of the project is written through `atomic_write_text` (a temporary name in the same folder,
 fsync, rename), so a crash or a full disk never leaves a half-written file or mixes old and new results, and
-the temporary file is removed when the write fails.
+the temporary file is removed when the write fails. The file gets the mode a plain `open` would give it (0666
+less the umask), not mkstemp's private 0600, so a colleague on a shared cluster can read the results.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -54,6 +56,19 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -95,4 +110,4 @@ def check_writable_dir(path: str | Path, label: str) -> None:
         raise UserError(f"{label} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable_dir", "dumps_json", "jsonable"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable_dir", "current_umask", "dumps_json", "jsonable"]

@@ -147,6 +147,14 @@ def build_model(n_items: int, config: ModelConfig) -> MultiVAE | MultiDAE:
     return MultiVAE(n_items, config) if config.model == "vae" else MultiDAE(n_items, config)
 
 
+def state_shapes(n_items: int, config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of the model's state_dict, found without allocating it (on torch's meta
+    device), so that weights read from a file are checked against a config before anything is built."""
+    with torch.device("meta"):
+        model = build_model(n_items, config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 # --- losses: means over users of per-user sums, as the reference ------------------------------------
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

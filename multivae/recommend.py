@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,9 @@ import torch
 
 from multivae.artifact import ModelDir, find_model_dir, known_from_split, load_model_dir, score_meaning
 from multivae.batch import SparseBatch
-from multivae.checkpoint import load_checkpoint
+from multivae.checkpoint import check_weights, load_checkpoint
 from multivae.config import from_dict
-from multivae.errors import ArgParser, UserError, run_cli
+from multivae.errors import ArgParser, UserError, run_cli, short_repr
 from multivae.model import ModelConfig, build_model
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -37,14 +37,14 @@ def load_model_for_inference(path: str | Path) -> tuple[torch.nn.Module, np.ndar
     payload = load_checkpoint(path)
     if "item_ids" not in payload:
         raise UserError(f"{path}: checkpoint has no item ids; it cannot map recommendations back to items")
-    model_cfg = from_dict(ModelConfig, payload["model_config"], where=str(path))
-    model = build_model(int(payload["n_items"]), model_cfg)
-    weights = payload["best_model"] if payload.get("best_model") is not None else payload["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not match the model config ({str(exc).splitlines()[0]})") from None
+    model_cfg = from_dict(ModelConfig, payload.get("model_config"), where=str(path))
+    weights = payload["best_model"] if payload.get("best_model") is not None else payload.get("model")
+    check_weights(weights, payload.get("n_items"), model_cfg, str(path))   # before the model is allocated
+    model = build_model(payload["n_items"], model_cfg)
+    model.load_state_dict(weights)
     item_ids = np.asarray(payload["item_ids"])
+    if item_ids.ndim != 1 or item_ids.dtype.kind not in "iuU":
+        raise UserError(f"{path}: item_ids must be a list of integer or text ids, got {item_ids.dtype} of shape {list(item_ids.shape)}")
     if len(item_ids) != model.n_items:
         raise UserError(f"{path}: checkpoint has {len(item_ids)} item ids for a {model.n_items}-item model")
     return model.eval(), item_ids, payload
@@ -186,8 +186,12 @@ class Recommender:
         model knows) or `items` (for new users: a list of item-id lists, or a dict user -> items)."""
         if (users is None) == (items is None):
             raise UserError("give either users (ids the model knows) or items (the items of new users), not both or neither")
-        if k < 1:
-            raise UserError(f"k must be >= 1, got {k}")
+        _check_count("k", k)
+        _check_count("batch_size", batch_size)
+        if isinstance(users, (str, bytes)) or (users is not None and not isinstance(users, Iterable)):
+            raise UserError(f"users must be a list of user ids, got {short_repr(users)}")
+        if isinstance(items, (str, bytes)) or (items is not None and not isinstance(items, Iterable)):
+            raise UserError(f"items must be a list of item-id lists or a dict user -> items, got {short_repr(items)}")
         if users is not None:
             rows, names = self.rows_for_users(list(users))
         else:
@@ -198,6 +202,8 @@ class Recommender:
 
     def recommend_all(self, k: int = 10, batch_size: int = 2000) -> pd.DataFrame:
         """`recommend` for every user the model knows (batch scoring)."""
+        _check_count("k", k)
+        _check_count("batch_size", batch_size)
         if self.known is None:
             self._load_legacy_split()
         return self._frame(list(self.user_ids), self.known, k, batch_size)
@@ -222,6 +228,12 @@ class Recommender:
                 df["genres"] = meta["genres"].to_numpy()
         df.attrs["score"] = self.score_meaning
         return df
+
+
+def _check_count(name: str, value: Any) -> None:
+    """A keyword of the Python API that counts something: an int >= 1 (not "10", not True, not 2.5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be an integer >= 1, got {short_repr(value)}")
 
 
 def _id_dtype(known_ids: np.ndarray | None, users: list) -> Any:
@@ -276,11 +288,8 @@ def render(df: pd.DataFrame, fmt: str) -> bytes:
 
 
 def _parser() -> ArgParser:
-    from multivae.version import __version__
-
     p = ArgParser(prog="python -m multivae.recommend", description="Top-K recommendations from a trained model (items a user "
                   "already has are never recommended).")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="a model folder, a train run (its model/), a search experiment (its best_model/) or a checkpoint.pt")
     who = p.add_mutually_exclusive_group(required=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 import time
@@ -34,6 +35,7 @@ from multivae.files import atomic_write_json, check_writable_dir
 from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
+from multivae.precision import bf16_speed_warning
 from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
                                save_state)
 
@@ -43,7 +45,7 @@ MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hid
                "dropout": "dropout", "no_normalize": "normalize_input"}
 TRAIN_FLAGS = {k: k for k in ("epochs", "batch_size", "lr", "weight_decay", "anneal_cap", "anneal_steps", "seed", "device",
                               "threads", "adam", "malloc", "precision", "tf32")}
-DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "data_dir", "heldout_users", "min_rating",
+DATA_FLAGS = ("dataset", "data", "user_col", "item_col", "rating_col", "sep", "data_dir", "heldout_users", "min_rating",
               "train_file", "test_file", "valid_file", "split_format", "valid_fraction", "retrain")
 GIVEN_FLAGS = {"train_file": "train", "test_file": "test", "valid_file": "valid", "split_format": "format",
                "valid_fraction": "valid_fraction", "retrain": "retrain"}   # flag dest -> DatasetConfig key (name: given)
@@ -55,12 +57,10 @@ CONFIG_FILE_INFO = ("space", "trial_id", "best_epoch", "beta_at_best", "config")
 
 
 def _parser() -> ArgParser:
-    from multivae.version import __version__
     from multivae.data import DATASET_NAMES
 
     M, T = ModelConfig, TrainConfig
     p = ArgParser(prog="python -m multivae.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file with sections model, train, dataset (a search's "
                    "best_config.yaml works); flags given on the command line override it")
     d = p.add_argument_group("data")
@@ -70,6 +70,8 @@ def _parser() -> ArgParser:
     d.add_argument("--item-col", default="item", help="--data: the item id column (default item)")
     d.add_argument("--rating-col", help="--data: the rating column (default: rating when the file has one, else every row is "
                    "a positive: implicit data); none: ignore ratings")
+    d.add_argument("--sep", help="--data, or a csv --train-file: the field separator (default: from the extension: "
+                   ".csv comma, .tsv/.tab/.txt tab)")
     d.add_argument("--data-dir", help="folder with an extracted MovieLens copy (else $MULTIVAE_DATA_DIR, else download)")
     d.add_argument("--cache-dir", help="where downloads and processed splits are cached (default $MULTIVAE_DATA_DIR or ~/.cache/multivae)")
     d.add_argument("--heldout-users", type=float, help="validation (and test) users: a count, or a fraction < 0.5 (default: the dataset's preset)")
@@ -225,7 +227,7 @@ def dataset_config_from_args(args: Any, explicit: set[str] | None = None, base: 
         fields["name"] = args.dataset
     elif not fields:
         fields = {"name": "file", "path": args.data} if args.data else {"name": args.dataset}
-    for dest in ("user_col", "item_col"):
+    for dest in ("user_col", "item_col", "sep"):
         if dest in explicit:
             fields[dest] = getattr(args, dest)
     if "rating_col" in explicit and args.rating_col is not None:
@@ -292,14 +294,21 @@ def beta_star_retrain(cfg: TrainConfig, beta_star: float) -> TrainConfig:
 
 
 class ProgressBar(Callback):
+    """A tqdm bar on a terminal; where stderr is a file or a pipe (a log), one plain line per finished epoch
+    instead, so the log holds no carriage-return frames."""
+
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = None if quiet else tqdm(total=total, initial=start, desc="epochs", unit="ep", file=sys.stderr)
+        self.total, self.lines = total, not quiet and not sys.stderr.isatty()
+        self.bar = None if quiet or self.lines else tqdm(total=total, initial=start, desc="epochs", unit="ep", file=sys.stderr)
 
     def on_epoch(self, record: dict, state: TrainState) -> None:
-        if self.bar is not None:
-            m = state.train_config.select_metric
+        m = state.train_config.select_metric
+        if self.lines:
+            print(f"epoch {state.epoch}/{self.total}  {m} {record[m]:.4f}  best {record[f'best_{m}']:.4f}  "
+                  f"beta {record['kl_weight']:.3f}", file=sys.stderr, flush=True)
+        elif self.bar is not None:
             self.bar.set_postfix({m: f"{record[m]:.4f}", "best": f"{record[f'best_{m}']:.4f}", "beta": f"{record['kl_weight']:.3f}"})
             self.bar.update(1)
 
@@ -373,8 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = args.model if "model" in explicit else model_given.get("model", "vae")
     beta_star = args.beta_star
     dataset_base = file.get("dataset")
-    if args.ease_lambda is not None and (kind != "ease" or min(args.ease_lambda) <= 0):
-        raise UserError(f"--ease-lambda needs --model ease and values > 0, got {args.ease_lambda} with --model {kind}")
+    if args.ease_lambda is not None and kind != "ease":
+        raise UserError(f"--ease-lambda needs --model ease, got --model {kind}")
+    for lam in args.ease_lambda or ():
+        if not (math.isfinite(lam) and lam > 0):
+            raise UserError(f"--ease-lambda needs values > 0 (and finite), got {lam}")
     model_cfg = cfg = None
     if kind not in ("popularity", "ease"):
         if args.resume:
@@ -406,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"{data_cfg.path or data_cfg.name}: none of the {stats['val_users']} validation users has a held-out target "
                         f"(a user needs at least {p.min_items_for_target} items): there is nothing to select the best epoch on; "
                         "use more data or lower --heldout-users")
+    if kind == "ease":
+        from multivae.ease import check_memory
+
+        check_memory(split.n_items, args.ease_dtype)   # a refusal now, before --out exists, not after it is made
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m multivae.train " + shlex.join(argv)
     report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": stats, "command": command, "resumed": bool(args.resume)}
@@ -429,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         assert model_cfg is not None and cfg is not None
         extra["requested"] = {"model": to_dict(model_cfg), "train": to_dict(cfg)}
+        if (warning := bf16_speed_warning(resolve_device(cfg.device), cfg.precision)) is not None:
+            print(warning, file=sys.stderr)      # before training: bf16 without bf16 hardware is right but slow
         t0 = time.perf_counter()
         if beta_star:
             sweep_cfg = beta_star_sweep(cfg)

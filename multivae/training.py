@@ -3,20 +3,18 @@
 The KL weight follows the global step (optimizer updates over all epochs), which lives in `TrainState`
 and in every checkpoint, so it never resets between epochs or on resume.
 
-Precision: `precision: bf16` runs the model's matmuls under autocast (CPU or CUDA) on fp32 master weights;
-log_softmax, the losses and the KL are taken in fp32, and validation scores in plain fp32. The loop never
+Precision (multivae.precision): `precision: bf16` runs each forward pass's matmuls under a fresh autocast
+(CPU or CUDA) on fp32 master weights; log_softmax, the losses, the KL, the backward pass and the step run outside it, and validation scores in plain fp32. The loop never
 waits for the device inside an epoch on CUDA: the step records stay on the device and come back once per
 epoch (on CPU every step, where reading them costs nothing), and a non-finite loss is found then.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +23,14 @@ import torch
 
 from multivae.allocator import MALLOC_MODES, keep_freed_memory
 from multivae.batch import SparseBatch
-from multivae.bf16sim import Bf16Sim
-from multivae.checkpoint import load_checkpoint, save_checkpoint
+from multivae.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.data.split import SplitData
 from multivae.errors import UserError
 from multivae.evaluate import DEFAULT_METRICS, evaluate, model_scorer
 from multivae.metrics import parse_metric
 from multivae.model import ModelConfig, MultiDAE, MultiVAE, build_model, kl_divergence, kl_weight, l2_penalty, reconstruction_loss
+from multivae.precision import PRECISIONS, forward_precision, training_precision
 
 # The reference: beta = min(anneal_cap, update_count / total_anneal_steps), total_anneal_steps = 200,000 on
 # ML-20M (234 batches of 500 per epoch), so the slope is 1 / 200,000 per update whatever the cap, and cap 0.2
@@ -44,7 +42,6 @@ REFERENCE_TOTAL_ANNEAL_EPOCHS = REFERENCE_TOTAL_ANNEAL_STEPS / REFERENCE_BATCHES
 # torch.optim.Adam's kernels: the same update rule; "foreach" and "single_tensor" give bit-identical results
 ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single_tensor": {"foreach": False}}
 REFERENCE_DAE_LAMBDA = 0.01  # divided by the batch size in the reference notebook (lam=0.01 / batch_size)
-PRECISIONS = ("fp32", "bf16", "bf16-sim")   # bf16-sim: bf16 numerics on fp32 units (multivae.bf16sim)
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -158,31 +155,6 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
     return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether torch multiplies bf16 natively on this CPU (oneDNN with AVX512-BF16 or AMX). Elsewhere (e.g. an
-    AVX2-only CPU) bf16 GEMMs run in a fallback kernel, measured 13x slower than fp32 on an AMD EPYC."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@contextlib.contextmanager
-def training_precision(device: torch.device, cfg: TrainConfig):
-    """The numerics of the training forward pass: bf16 autocast (matmuls in bf16, weights stay fp32) and,
-    on CUDA, TF32 for fp32 matmuls when asked; restores the process-wide TF32 setting afterwards."""
-    with contextlib.ExitStack() as stack:
-        if device.type == "cuda":
-            before = torch.backends.cuda.matmul.fp32_precision
-            torch.backends.cuda.matmul.fp32_precision = "tf32" if cfg.tf32 else "ieee"
-            stack.callback(setattr, torch.backends.cuda.matmul, "fp32_precision", before)
-        if cfg.precision == "bf16":
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-        elif cfg.precision == "bf16-sim":
-            stack.enter_context(Bf16Sim())
-        yield
-
-
 class _StepLog:
     """Step records kept on the device and read back in one transfer per flush (a host sync per flush,
     not per step), then checked for divergence and delivered to `Callback.on_step` in order."""
@@ -226,11 +198,12 @@ def train_epoch(state: TrainState, split: SplitData, anneal_steps: int, lam: flo
         for start in range(0, len(order), cfg.batch_size):
             x = SparseBatch.from_csr(split.train, np.sort(order[start:start + cfg.batch_size]), pin=pin).to(device)
             beta = kl_weight(state.global_step, cfg.anneal_cap, anneal_steps) if is_vae else 0.0
-            logits, mu, logvar = model(x)
-            with torch.autocast(device.type, enabled=False):      # log_softmax, losses and KL in fp32
-                recon = reconstruction_loss(logits.float(), x, model.config.likelihood)
-                kl = kl_divergence(mu.float(), logvar.float()) if is_vae else torch.zeros((), device=device)
-                loss = recon + beta * kl + l2_penalty(model, lam)
+            with forward_precision(device, cfg):
+                logits, mu, logvar = model(x)
+            # log_softmax, the losses and the KL in fp32, outside autocast
+            recon = reconstruction_loss(logits.float(), x, model.config.likelihood)
+            kl = kl_divergence(mu.float(), logvar.float()) if is_vae else torch.zeros((), device=device)
+            loss = recon + beta * kl + l2_penalty(model, lam)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -260,10 +233,6 @@ def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig
         keep_freed_memory()
     anneal_steps = resolved_anneal_steps(cfg, split.train.shape[0])
     lam = resolved_weight_decay(cfg, model_cfg)
-    if cfg.precision == "bf16" and next(state.model.parameters()).device.type == "cpu" and not cpu_has_bf16_matmul():
-        warnings.warn("precision bf16: this CPU has no bf16 matmul units (no AVX512-BF16/AMX), so training runs much "
-                      "slower than fp32 (13x slower matmuls measured on an AVX2 CPU); bf16-sim gives bf16's numerics at "
-                      "about fp32 speed", stacklevel=2)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         train_stats = train_epoch(state, split, anneal_steps, lam, callback)
@@ -348,6 +317,7 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
             shown = (f"column {differ} is item {theirs[differ]} in the checkpoint and {ours[differ]} in the dataset"
                      if differ < min(len(ours), len(theirs)) else f"{len(theirs)} items in the checkpoint, {len(ours)} in the dataset")
             raise UserError(f"{path}: the checkpoint was trained on another dataset or item catalogue ({shown})")
+    check_weights(payload.get("model"), payload.get("n_items"), model_cfg, where)   # before the model is allocated
     state = init_state(payload["n_items"], model_cfg, cfg)
     try:
         state.model.load_state_dict(payload["model"])

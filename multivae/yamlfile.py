@@ -1,5 +1,5 @@
-"""YAML read strictly, in one place: a safe loader that refuses duplicate keys, errors as one line with file,
-line and column. Search spaces (`tuning.space`) and config files (`multivae.train --config`) read through it.
+"""YAML read strictly, in one place: a safe loader that refuses duplicate keys (a key written twice in one
+mapping; a merge key's `<<: *base` keys may be overridden), errors as one line with file, line and column. Search spaces (`tuning.space`) and config files (`multivae.train --config`) read through it.
 
 Bounded, so that no document can exhaust the stack or the memory: at most `MAX_BYTES` of text, nesting at most
 `MAX_DEPTH` levels deep, and at most `MAX_NODES` values once every alias is expanded (a "billion laughs"
@@ -77,9 +77,12 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
+    # The keys written in this mapping, before the merge keys (`<<: *base`) are flattened in: a key given here
+    # overrides a merged one (YAML's merge rule), and only a key written twice here is a duplicate.
     seen: set = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         try:
             duplicate = key in seen
@@ -89,6 +92,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         if duplicate:
             raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
                                                     f"found duplicate key {short_repr(key)}", key_node.start_mark)
+    if sum(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value) > 1:
+        raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                "found duplicate merge key '<<' (merge several with <<: [*a, *b])", node.start_mark)
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 

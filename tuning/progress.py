@@ -54,8 +54,9 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressLine(tune.Callback):
-    """One compact line per trial result: trial k/N, epoch, the metric, the trial's best, the KL weight, the
-    search's elapsed time and an ETA (the mean time per ended trial so far, times the trials still to end)."""
+    """One compact line per trial result: trial k/N (k: the number of its folder, `trial_dirname`), epoch, the
+    metric, the trial's best, the KL weight, the search's elapsed time and an ETA (the mean time per ended trial
+    so far, times the trials still to end)."""
 
     def __init__(self, metric: str, max_t: int | None, num_samples: int | None = None) -> None:
         self.metric, self.max_t, self.num_samples = metric, max_t, num_samples
@@ -76,10 +77,19 @@ class ProgressLine(tune.Callback):
             text += f", ETA {_clock(elapsed / len(self.ended) * left)}" if left else ""
         return text
 
+    def _number(self, trial) -> int:
+        """The number of the trial's folder (`trial_0003_...`: the order Tune created it in); a trial without one
+        (a tag Tune did not number) gets the next number after the largest seen."""
+        number = trial_number(trial)
+        if number is None:
+            number = self.numbers.get(trial.trial_id) or max(self.numbers.values(), default=0) + 1
+        self.numbers[trial.trial_id] = number
+        return number
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if self.start is None:
             self.start = time.monotonic()
-        self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        self._number(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         epoch = result.get("epoch")
@@ -91,7 +101,7 @@ class ProgressLine(tune.Callback):
         if result.get("done"):
             self.ended.add(trial.trial_id)
             end = "  done" if self.max_t is None or epoch >= self.max_t else "  stopped early"
-        k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        k = self._number(trial)
         of = f"/{self.max_t}" if self.max_t else ""
         n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
         print(f"trial {n} {trial.trial_id}  epoch {epoch:>3}{of}  {self.metric} {result[self.metric]:.4f}  "
@@ -102,7 +112,7 @@ class ProgressLine(tune.Callback):
         if trial.trial_id in self.ended:
             return   # its last result said so already
         self.ended.add(trial.trial_id)
-        k = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        k = self._number(trial)
         n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
         epoch = (trial.last_result or {}).get("epoch", "?")
         # a trial HyperBand paused at a rung and then stopped (no `done` result), or one that ended at max_t
@@ -114,13 +124,19 @@ class ProgressLine(tune.Callback):
         print(f"{trial.trial_id}  ERROR (details: {trial.path}/error.txt)", flush=True)
 
 
+def trial_number(trial) -> int | None:
+    """The trial's number, the order Tune created it in (its experiment tag starts with it); None without one."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
 class TrialDirname:
-    """`trial_0003_1a2b3c4d`: the trial's number (the order it was created in) and its id. (An object rather than a
-    function so that it pickles as `rebuild("trial_dirname")`.)"""
+    """`trial_0003_1a2b3c4d`: the trial's number (`trial_number`) and its id. The progress line shows the same
+    number. (An object rather than a function so that it pickles as `rebuild("trial_dirname")`.)"""
 
     def __call__(self, trial) -> str:
-        number = str(trial.experiment_tag).split("_", 1)[0]
-        return f"trial_{int(number):04d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+        number = trial_number(trial)
+        return f"trial_{number:04d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
 
     def __reduce__(self):
         return rebuild, ("trial_dirname", {})

@@ -129,6 +129,8 @@ def _within(dist: Any, v: Any) -> bool:
 
 def param_importances(trials: list[Trial], distributions: dict[str, Any], metric: str, mode: str) -> dict[str, float]:
     """Optuna's importances on a study rebuilt from the trials (value: each trial's best `metric`)."""
+    from tuning.space import encode_value
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for t in trials:
@@ -141,7 +143,7 @@ def param_importances(trials: list[Trial], distributions: dict[str, Any], metric
                 continue
             v = t.config[k]
             if isinstance(dist, optuna.distributions.CategoricalDistribution) and v not in dist.choices:
-                v = str(v)
+                v = encode_value(v) if isinstance(v, (list, tuple)) else str(v)   # a list choice: the space's JSON text
             if not _within(dist, v):   # a value outside the distribution (the space changed): leave it out
                 continue
             params[k], dists[k] = v, dist

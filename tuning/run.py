@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ from multivae.config import to_dict
 from multivae.errors import ArgParser, UserError, run_cli, short_repr
 from tuning import experiment
 from tuning.experiment import RUN_META, SPACE_COPY
+from tuning.resources import count_problem
 
 # Nothing here imports Ray at module level: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported,
 # and a local Ray must read 0 there to keep every connection on 127.0.0.1 (RAY_NOTES.md).
@@ -77,8 +79,8 @@ def _parser() -> ArgParser:
 def _check_args(args) -> None:
     for flag, low in (("num_samples", 1), ("max_concurrent", 1), ("max_failures", 0), ("num_cpus", 1)):
         v = getattr(args, flag)
-        if v is not None and v < low:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= {low}, got {v}")
+        if v is not None and (problem := count_problem(v, low)) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} {problem}")
     for flag in ("cpus_per_trial", "gpus_per_trial"):
         v = getattr(args, flag)
         if v is not None and (v < 0 or (flag == "cpus_per_trial" and v == 0)):
@@ -99,7 +101,8 @@ def _check_args(args) -> None:
         if changed:
             raise UserError(f"{', '.join(changed)} cannot change on --resume: the search goes on with the settings it "
                             f"started with (see {RUN_META} in the experiment directory)")
-    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".") or "\0" in args.name):
+    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")
+                                  or any(unicodedata.category(c) == "Cc" for c in args.name)):   # NUL, newline, ESC...
         raise UserError(f"--name must be a plain directory name, got {short_repr(args.name)}")
     if args.name is not None and len(args.name.encode()) > MAX_NAME_BYTES:
         raise UserError(f"--name is {len(args.name.encode())} bytes long; at most {MAX_NAME_BYTES} fit a file name "
@@ -279,6 +282,19 @@ def check_local_resources(space, args) -> None:
                         f"CPUs (pass --cpus-per-trial, or --num-cpus)")
 
 
+def bf16_trial_warning(space) -> str | None:
+    """The CLI's one line for trials that may train in bf16 on CPUs without bf16 matmul units."""
+    from multivae.precision import bf16_speed_warning
+
+    dist = space.params.get("precision")
+    may_bf16 = space.fixed.get("precision") == "bf16" or (dist is not None and "bf16" in getattr(dist, "choices", ()))
+    if not may_bf16 or space.resources.gpus_per_trial > 0:
+        return None
+    import torch
+
+    return bf16_speed_warning(torch.device("cpu"), "bf16")
+
+
 def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "TerminationAsInterrupt | None" = None) -> float:
     """Start or join Ray, record the run, run (or resume) the search; its wall time."""
     import ray
@@ -311,6 +327,8 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
             source = Path(str(space.source))
             experiment.write_text(experiment.join(plan.exp_path, SPACE_COPY), source.read_text() if source.is_file() else space_to_yaml(space))
             experiment.write_json(experiment.join(plan.exp_path, RUN_META), plan.meta)
+        if cluster_address(args) is None and (warning := bf16_trial_warning(space)) is not None:   # trials on this CPU
+            print(warning, file=sys.stderr, flush=True)
         if not args.quiet:
             print(f"{'resuming' if args.resume else 'starting'} {plan.exp_path}: {space.search.num_samples} trials of space "
                   f"{space.name!r}, {space.search.max_concurrent} at a time, {space.resources.cpus_per_trial:g} CPU + "

@@ -39,6 +39,7 @@ from multivae.yamlfile import load_yaml_file
 from multivae.metrics import FROM_HITS, parse_metric
 from multivae.model import ModelConfig
 from multivae.training import TrainConfig
+from tuning import resources
 
 SPACES_DIR = Path(importlib.util.find_spec("search_spaces").origin).resolve().parent   # shipped with the package
 
@@ -274,6 +275,8 @@ class _Parser:
             high = float(self.number(self.required(spec, "high", path, kind), f"{path}.high"))
             if not low < high:
                 self.fail(f"{path}.low must be < high for {kind}, got low={low!r}, high={high!r}")
+            if not math.isfinite(high - low):   # a sampler draws low + u * (high - low)
+                self.fail(f"{path}: high - low must be a finite number, got low={low!r}, high={high!r}")
             if kind == "loguniform":
                 if low <= 0:
                     self.fail(f"{path}.low must be > 0 for loguniform, got {low!r}")
@@ -296,6 +299,9 @@ class _Parser:
                 self.fail(f"{path}.low must be >= 1 with log: true, got {low!r}")
             if (high - low) % step:
                 self.fail(f"{path}.high must be low plus a multiple of step ({low} + k * {step}), got {high!r}")
+            for key, v in (("low", low), ("high", high), ("step", step)):
+                if abs(v) > resources.MAX_EXACT_INT:   # Optuna holds the value as a float
+                    self.fail(f"{path}.{key} must be within ±2**53 (Optuna keeps integers as floats), got {v!r}")
             return _od().IntDistribution(low, high, log=log, step=step)
         values = self.required(spec, "values", path, kind)
         if not isinstance(values, list) or not values:
@@ -401,18 +407,16 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
     gpus = p.number(res.get("gpus_per_trial", Resources.gpus_per_trial), "resources.gpus_per_trial")
     if cpus <= 0:
         p.fail(f"resources.cpus_per_trial must be > 0, got {cpus!r}")
-    if gpus < 0:
-        p.fail(f"resources.gpus_per_trial must be >= 0, got {gpus!r}")
     for key, value in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
-        if value > 1 and not float(value).is_integer():   # Ray places a fraction of one CPU/GPU, or whole ones
-            p.fail(f"resources.{key} must be a fraction <= 1 or a whole number (Ray cannot place {value!r})")
+        if (problem := resources.amount_problem(value)) is not None:
+            p.fail(f"resources.{key} {problem}")
     ck = p.mapping(data.get("checkpoint"), "checkpoint", ("every", "keep"))
     pbt = scheduler.perturbation_interval if scheduler.type == "pbt" else None
     every = p.integer(ck.get("every", pbt or CheckpointSettings.every), "checkpoint.every")
     keep = p.integer(ck.get("keep", PBT_KEEP if pbt else CheckpointSettings.keep), "checkpoint.keep")
     for key, value in (("every", every), ("keep", keep)):
-        if value < 1:
-            p.fail(f"checkpoint.{key} must be >= 1, got {value!r}")
+        if (problem := resources.count_problem(value, 1)) is not None:
+            p.fail(f"checkpoint.{key} {problem}")
     # PBT copies a trial's checkpoint of its last perturbation; the copying trial may start only after the
     # copied one trained on. Checkpointing at the perturbations alone and keeping PBT_KEEP of them keeps that
     # checkpoint there for PBT_KEEP - 1 more perturbation intervals (one in between would push it out sooner).
@@ -432,8 +436,8 @@ def _search(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg: Tr
     num_samples = p.integer(d.get("num_samples", default.num_samples), "search.num_samples")
     max_concurrent = p.integer(d.get("max_concurrent", default.max_concurrent), "search.max_concurrent")
     for key, value in (("num_samples", num_samples), ("max_concurrent", max_concurrent)):
-        if value < 1:
-            p.fail(f"search.{key} must be >= 1, got {value!r}")
+        if (problem := resources.count_problem(value, 1)) is not None:
+            p.fail(f"search.{key} {problem}")
     seed = d.get("seed", default.seed)
     if seed is not None and (p.integer(seed, "search.seed") < 0 or seed >= 2**32):
         p.fail(f"search.seed must be an integer in [0, 2**32) or null, got {seed!r}")
@@ -484,6 +488,10 @@ def _scheduler(p: _Parser, raw: Any, params: dict[str, Distribution], train_cfg:
         p.fail(f"scheduler.max_t must equal the trials' epochs ({epochs}, the last rung is the end of training), got {max_t!r}")
     if rf <= 1:
         p.fail(f"scheduler.reduction_factor must be > 1, got {rf!r}")
+    if (problem := resources.count_problem(max_t, 1)) is not None:
+        p.fail(f"scheduler.max_t {problem}")
+    if resources.rung_count(grace or 1, max_t, rf) > max_t:   # Ray would build that many rungs (or hang on it)
+        p.fail(f"scheduler.reduction_factor {rf!r} is too close to 1: it gives more rungs than the {max_t} epochs")
     if kind == "bohb":
         if max_t < rf:
             p.fail(f"scheduler.max_t must be >= reduction_factor ({rf:g}) for HyperBand to have a rung, got {max_t!r}")

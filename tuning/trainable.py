@@ -2,7 +2,8 @@
 
     tune.with_parameters(train_multivae, split=split)   # the processed dataset goes to the object store once
 
-Per trial: decode the config (`tuning.space.split_trial_config`), use the CPUs and GPU Tune gave the trial,
+Per trial: build the model and training settings from the config (`tuning.space.split_trial_config`; the
+config holds plain values, `tuning.tuner` decoded the searcher's), use the CPUs and GPU Tune gave the trial,
 resume from `tune.get_checkpoint()` when Tune restarts the trial (model, optimizer, epoch, global step and
 RNG state, so the KL weight goes on where it was), then train. After every epoch `tune.report(...)` gets
 the validation metrics (ndcg@100 is what ASHA and Optuna compare) and, on checkpoint epochs, a
@@ -112,7 +113,8 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
         searched_keys = list(config) if searched is None else [k for k in searched if k in config]
         writer.hparams({k: config[k] for k in searched_keys}, fixed={k: v for k, v in config.items() if k not in searched_keys})
     extra = {"trial_id": ctx.get_trial_id(), "trial_name": trial, "split_path": split.info.get("cache_path"),
-             "config": {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str, type(None)))}}
+             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
+                        if isinstance(v, (bool, int, float, str, type(None), list, tuple))}}
     reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra)
     try:
         fit(split, state=state, callback=reporter)

@@ -5,6 +5,10 @@ are pruned: `tuning.ray_compat.optuna_search_class`). BOHB is Ray's `TuneBOHB` s
 `HyperBandForBOHB` scheduler (the two work only together). PBT samples its population at random (Tune's
 `BasicVariantGenerator`) and then copies and perturbs it (`PopulationBasedTraining`).
 
+The searchers see list choices as their JSON text (`tuning.space`); this is the one place that decodes them:
+a trial's config, and so params.json, results.json, best_config.yaml, the report and TensorBoard, holds the
+plain values (`hidden_dims: [600]`, not "[600]").
+
 Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds (a local Ray
 must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import to keep every connection on 127.0.0.1).
 """
@@ -25,7 +29,8 @@ from multivae.errors import UserError
 from multivae.training import TrainConfig
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
-from tuning.space import SearchSpace, fixed_config
+from tuning.resources import node_capacity, placement_problem
+from tuning.space import SearchSpace, decode_value, fixed_config, plain_config
 
 
 def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
@@ -57,6 +62,10 @@ def check_cluster_resources(space: SearchSpace) -> None:
     validate_resources(space, resources.get("GPU", 0))
     if space.resources.cpus_per_trial > resources.get("CPU", 0):
         raise UserError(f"cpus_per_trial={space.resources.cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+    # a trial is one actor on one node: the cluster's sum is not enough, one node must hold it
+    problem = placement_problem(space.resources.cpus_per_trial, space.resources.gpus_per_trial, node_capacity(ray.nodes()))
+    if problem is not None:
+        raise UserError(f"{space.source}: resources: {problem}")
 
 
 def open_optuna_storage(url: str, study_name: str, *, overwrite: bool):
@@ -87,6 +96,30 @@ def _trainable(space: SearchSpace, split):
         tune.with_parameters(trainable.train_multivae, split=split, checkpoint_every=space.checkpoint.every,
                              checkpoint_epochs=tuple(sched.decision_epochs(epochs)), searched=tuple(space.params)),
         {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial})
+
+
+def plain_trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A searcher's suggestion as a trial's config: numpy scalars as Python values, list choices as lists."""
+    return {k: decode_value(k, v) for k, v in plain_config(config).items()}
+
+
+class PlainConfigs(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter around Optuna or TuneBOHB, handing Tune each suggestion with plain values."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        return plain_trial_config(config) if isinstance(config, dict) else config
+
+
+class PlainVariants(BasicVariantGenerator):
+    """Tune's random sampler (PBT's population), handing Tune each new trial with plain values. It samples the
+    JSON text of list choices: Tune cannot take a list in `points_to_evaluate`."""
+
+    def next_trial(self):
+        trial = super().next_trial()
+        if trial is not None:
+            trial.set_config(plain_trial_config(trial.config))
+        return trial
 
 
 def tune_domain(dist: Any):
@@ -138,7 +171,7 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
     if sched.type == "pbt":
         # the whole population at once (max_concurrent 0), as PBT expects: Ray's CPUs decide how many train at
         # a time; the others wait, paused or pending.
-        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
+        return PlainVariants(points_to_evaluate=points, max_concurrent=0, random_state=search.seed)
     if sched.type == "bohb":
         from ray.tune.search.bohb import TuneBOHB
 
@@ -147,23 +180,24 @@ def _searcher(space: SearchSpace, name: str, optuna_storage: Any):
                                 mode=search.mode, points_to_evaluate=points, seed=search.seed)
         except AssertionError as exc:   # TuneBOHB asserts that hpbandster and ConfigSpace import
             raise UserError(f"scheduler.type bohb needs hpbandster and ConfigSpace: {exc}".splitlines()[0]) from None
-        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+        return PlainConfigs(searcher, max_concurrent=search.max_concurrent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = {"storage": optuna_storage, "study_name": name} if optuna_storage is not None else {}
     searcher = ray_compat.optuna_search_class()(
         space=dict(space.params), metric=search.metric, mode=search.mode, objective=search.objective,
         planned_epochs=sched.max_t if sched.stops_early else None, sampler=optuna.samplers.TPESampler(seed=search.seed),
         points_to_evaluate=points, **study)
-    return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    return PlainConfigs(searcher, max_concurrent=search.max_concurrent)
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
     """Tune's `param_space`: the fixed values, plus the searched ones as Tune domains where the searcher
-    samples from it (PBT's random sampling); Optuna and TuneBOHB hold their own space."""
+    samples from it (PBT's random sampling: the searcher-space values, which `PlainVariants` decodes); Optuna
+    and TuneBOHB hold their own space, and Tune adds their decoded suggestions to the plain fixed values."""
     fixed = fixed_config(space)
     if space.scheduler.type == "pbt":
         return {**fixed, **{k: tune_domain(d) for k, d in space.params.items()}}
-    return fixed
+    return plain_trial_config(fixed)
 
 
 def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: int, quiet: bool,
@@ -212,5 +246,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
-           "restored_tuner", "start_ray", "tune_domain"]
+__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+           "plain_trial_config", "restored_tuner", "start_ray", "tune_domain"]

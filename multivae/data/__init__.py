@@ -24,7 +24,7 @@ import pandas as pd
 
 from multivae.data import download as dl
 from multivae.data.given import DEFAULT_VALID_FRACTION, FORMATS, RETRAIN, load_given
-from multivae.data.readers import MOVIELENS_FILES, read_movielens, read_table
+from multivae.data.readers import MOVIELENS_FILES, SEP_OPTION, numeric_text_id, read_movielens, read_table, text_ids_note
 from multivae.data.split import ProtocolConfig, SplitData, split_interactions
 from multivae.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 from multivae.errors import UserError, one_line
@@ -32,7 +32,8 @@ from multivae.files import atomic_write_json
 
 # Bump when the split, the readers or the cache layout change what a cached file holds.
 # 2: the .json sidecar holds a SHA-256 over the arrays and the metadata, checked on load.
-PROCESSED_FORMAT_VERSION = 2
+# 3: ids read exactly (`readers.exact_ids`): "012" and "12" are two ids, "5.0" is text.
+PROCESSED_FORMAT_VERSION = 3
 
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "file", "given")
 
@@ -77,6 +78,8 @@ class DatasetConfig:
             raise ValueError(f"unknown dataset name {self.name!r}; valid names: {', '.join(DATASET_NAMES)}")
         if self.name == "file" and not self.path:
             raise ValueError("name='file' needs path (a CSV, TSV or Parquet file)")
+        if self.sep is not None and (not self.sep or "\n" in self.sep or "\r" in self.sep):
+            raise ValueError(f"sep must be a non-empty separator without line breaks, got {self.sep!r}")
         if self.name != "file" and self.path is not None:
             raise ValueError(f"path is only used with name='file', got name={self.name!r} and path={self.path!r}")
 
@@ -141,6 +144,10 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None, verbos
             print(f"loaded the processed split from {cache_path}", file=sys.stderr)
     else:
         df = _read_source(cfg, source)
+        if verbose:
+            for col in ("user", "item"):
+                if (value := numeric_text_id(df[col])) is not None:
+                    print(f"{source}: {text_ids_note(col, value)}", file=sys.stderr)
         split = split_interactions(df, protocol, source=str(source) if source is not None else "synthetic")
         split.info.update({"dataset": cfg.name, "source_sha256": source_sha256, "cache_key": digest})
         cached = cfg.cache and _save(split, cache_path, verbose)
@@ -185,7 +192,8 @@ def _read_source(cfg: DatasetConfig, source: Path | None) -> pd.DataFrame:
     if source is None:
         return generate(cfg.synthetic)
     if cfg.name == "file":
-        return read_table(source, user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col, sep=cfg.sep)
+        return read_table(source, user_col=cfg.user_col, item_col=cfg.item_col, rating_col=cfg.rating_col, sep=cfg.sep,
+                          sep_option=SEP_OPTION)
     return read_movielens(cfg.name, source.parent)
 
 

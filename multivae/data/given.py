@@ -26,6 +26,7 @@ can recommend them) and are counted in the stats, as are test users absent from 
 
 from __future__ import annotations
 
+import re
 import sys
 
 from pathlib import Path
@@ -34,13 +35,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from multivae.data.readers import read_table
+from multivae.data.readers import SEP_OPTION, exact_ids, numeric_text_id, read_table, text_ids_note
 from multivae.data.split import SplitData, binary_csr
-from multivae.errors import UserError
+from multivae.errors import UserError, short_repr
 
 FORMATS = ("lightgcn", "csv", "recbole")
 RETRAIN = ("none", "train+valid")
 DEFAULT_VALID_FRACTION = 0.1
+_LIGHTGCN_ID = re.compile(r"0|[1-9][0-9]*")   # ASCII digits, no sign, no leading zero (`readers.CANONICAL_INT`)
 
 # What each source reports, and the metric its model selection uses (metric names: multivae.metrics).
 PAPER_METRICS = (("ndcg@100", "recall@20", "recall@50"), "ndcg@100")
@@ -73,7 +75,7 @@ def _lines(path: Path):
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # a UTF-8 BOM is read past, as `--data` (pandas) does
             yield from enumerate(f, start=1)
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -90,13 +92,14 @@ def read_lightgcn(path: str | Path) -> pd.DataFrame:
         tokens = line.split()
         if not tokens:
             continue
-        try:
-            ids = [int(t) for t in tokens]
-        except ValueError:
-            bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-            raise UserError(f"{path}:{no}: {bad!r} is not an integer id (LightGCN format: 'user item item ...')") from None
-        if min(ids) < 0:
-            raise UserError(f"{path}:{no}: negative id {min(ids)} (LightGCN format: 'user item item ...')")
+        bad = next((t for t in tokens if not _LIGHTGCN_ID.fullmatch(t)), None)   # not int(): it takes "7_5", "+5", "０"
+        if bad is not None:
+            what = f"negative id {bad}" if bad.startswith("-") and _LIGHTGCN_ID.fullmatch(bad[1:]) else \
+                f"{short_repr(bad)} is not an integer id"
+            raise UserError(f"{path}:{no}: {what} (LightGCN format: 'user item item ...', ids written as plain integers)")
+        ids = [int(t) for t in tokens]
+        if max(ids) >= 2**63:
+            raise UserError(f"{path}:{no}: id {short_repr(max(ids))} does not fit in 64 bits (LightGCN format: 'user item item ...')")
         users.extend([ids[0]] * (len(ids) - 1))
         items.extend(ids[1:])
     if not items:
@@ -140,17 +143,23 @@ def read_given(path: str | Path, fmt: str, user_col: str = "user", item_col: str
         return read_lightgcn(path)
     if fmt == "recbole":
         return read_recbole(path)
-    return read_table(path, user_col=user_col, item_col=item_col, rating_col=None, sep=sep)
+    return read_table(path, user_col=user_col, item_col=item_col, rating_col=None, sep=sep,
+                      sep_option=SEP_OPTION)
 
 
 # --- the split -------------------------------------------------------------------------------------
 
 def _same_id_type(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
-    """Ids of one kind across files: text everywhere when any file read them as text."""
+    """Ids by one rule across the files (`readers.exact_ids`): integers when every id of the column in every
+    file is a canonical integer, else text everywhere ("5" in one file and "5.0" in another are two ids)."""
     for col in ("user", "item"):
-        if len({f[col].dtype.kind for f in frames}) > 1:
-            frames = [f.assign(**{col: f[col].astype(str)}) for f in frames]
+        for f, values in zip(frames, exact_ids([f[col] for f in frames])):
+            f[col] = values
     return frames
+
+
+def _numeric_text_id(frames: list[pd.DataFrame], col: str) -> str | None:
+    return next((v for f in frames if (v := numeric_text_id(f[col])) is not None), None)
 
 
 def hold_out(rows: np.ndarray, n_users: int, fraction: float, seed: int) -> np.ndarray:
@@ -174,7 +183,7 @@ def hold_out(rows: np.ndarray, n_users: int, fraction: float, seed: int) -> np.n
 def build_given_split(train: pd.DataFrame, test: pd.DataFrame, valid: pd.DataFrame | None, *, valid_fraction: float = DEFAULT_VALID_FRACTION,
                       seed: int = 98765, fmt: str = "lightgcn", retrain: str = "none", sources: dict | None = None) -> SplitData:
     """The weak-generalization `SplitData` of train/test(/valid) interaction tables (columns user, item)."""
-    frames = _same_id_type([train, test] + ([valid] if valid is not None else []))
+    frames = _same_id_type([f.copy() for f in [train, test] + ([valid] if valid is not None else [])])
     train, test = frames[0], frames[1]
     valid = frames[2] if valid is not None else None
     everything = pd.concat(frames, ignore_index=True)
@@ -209,6 +218,7 @@ def build_given_split(train: pd.DataFrame, test: pd.DataFrame, valid: pd.DataFra
     te_r, te_c = index(test)
     test_all = binary_csr(te_r, te_c, shape)
     test_target = _minus(test_all, known)
+    _check_targets(val_target, test_target, pairs(test_all), valid_fraction, sources or {}, with_valid=valid is not None)
 
     in_fit = np.zeros(shape[1], dtype=bool)
     in_fit[np.unique(fit.indices)] = True
@@ -234,11 +244,29 @@ def build_given_split(train: pd.DataFrame, test: pd.DataFrame, valid: pd.DataFra
         "test_interactions_on_test_only_items": int((~in_known[test_cols]).sum()),
         "test_users_without_known_items": int((test_users & ~users_known).sum()),
         "items_not_in_fit": int((~in_fit).sum()),    # items the model is never trained on (test-only, or all held out)
+        "ids_read_as_text_because_of": {c: v for c in ("user", "item") if (v := _numeric_text_id(frames, c)) is not None},
     }
     info = {"source": sources or {}, "format": fmt, "protocol": "weak", "retrain": retrain, "valid_fraction": valid_fraction,
             "seed": seed, "stats_override": stats_override}
     return SplitData(train=fit, val_fold_in=fit, val_target=val_target, test_fold_in=known, test_target=test_target,
                      item_ids=item_ids, train_user_ids=user_ids, val_user_ids=user_ids, test_user_ids=user_ids, info=info)
+
+
+def _check_targets(val_target: sp.csr_matrix, test_target: sp.csr_matrix, test_pairs: int, valid_fraction: float,
+                   sources: dict, with_valid: bool) -> None:
+    """Refuse a split with nothing to validate or to test on (its metrics would be null, silently)."""
+    def name(k: str) -> str:
+        return sources.get(k) or f"the {k} file"
+
+    if val_target.nnz == 0:
+        if with_valid:
+            raise UserError(f"{name('valid')}: every pair of the valid file is already in the train file {name('train')}, so "
+                            "nothing is left to validate on (the same file twice?)")
+        raise UserError(f"{name('train')}: holding out a {valid_fraction:g} share of each user's training rows leaves nothing to "
+                        "validate on (no user has enough rows); give a valid file (valid, --valid-file) or a larger valid_fraction")
+    if test_target.nnz == 0:
+        raise UserError(f"{name('test')}: every one of its {test_pairs:,} pairs is already in the train"
+                        f"{' or valid' if with_valid else ''} file, so nothing is left to test on (the same file twice?)")
 
 
 def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
@@ -282,6 +310,8 @@ def load_given(cfg, verbose: bool = True) -> SplitData:
               f"({s['test_interactions_on_test_only_items']:,} test interactions) are only in the test file and "
               f"cannot be recommended; {s['test_users_without_known_items']:,} test users have no training items; "
               f"{s['test_pairs_already_known']:,} test pairs already known were dropped", file=sys.stderr)
+        for col, value in s["ids_read_as_text_because_of"].items():
+            print(f"given ({fmt}): {text_ids_note(col, value)}", file=sys.stderr)
     return split
 
 

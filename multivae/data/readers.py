@@ -3,6 +3,11 @@
 Every reader returns a DataFrame with columns `user`, `item` and, when the source has one, `rating`
 (float64), in file order: the split draws from rows in that order, so it must not change.
 Bad input raises `UserError` with one line naming the file, the column and the offending value.
+
+Ids follow one rule (`exact_ids`), in every reader and across every file of a split: a column whose every
+value is a canonical decimal integer (ASCII digits, an optional "-", no leading zero, no "+", within int64)
+is read as int64; otherwise every id of that column is text, exactly as written ("012" is not "12", and
+"5.0" is not "5"). Nothing is ever parsed as a float.
 """
 
 from __future__ import annotations
@@ -32,12 +37,83 @@ MOVIELENS_FILES: dict[str, str] = {
 _ML_COLUMNS = ["user", "item", "rating", "timestamp"]
 _ML_DTYPES = {"user": np.int64, "item": np.int64, "rating": np.float64}
 
+SEP_OPTION = "--sep, or sep: in the dataset section of a YAML file"   # where a user sets DatasetConfig.sep
 _SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 # What a damaged compressed file raises from inside pandas (gzip.BadGzipFile is an OSError).
 _DECOMPRESSION_ERRORS = (EOFError, OSError, zipfile.BadZipFile, lzma.LZMAError, zlib.error)
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+# A canonical int64 id: what str(int) writes. ASCII digits only (no full-width digits, no "7_5", no "+5",
+# no "012", no "-0"); at most 19 digits, and the cast below refuses the 19-digit values past 2**63 - 1.
+CANONICAL_INT = r"^(?:0|-?[1-9][0-9]{0,18})$"
+_CANONICAL_INT = re.compile(CANONICAL_INT)
+_LEADING_ZERO = re.compile(rb"(?:^|[\t\n])0[0-9]")
+
+
+def _odd_field(data: bytes) -> bool:
+    """Whether a field of a headerless MovieLens file may not be canonical: a sign, a space or a leading zero
+    (bytes.find is memchr-fast; the regex runs only where a field starts with 0)."""
+    if any(c in data for c in (b"+", b"-", b" ")):
+        return True
+    return (data.startswith(b"0") or b"\t0" in data or b"\n0" in data) and _LEADING_ZERO.search(data) is not None
+_NON_FINITE = ("inf", "-inf", "+inf", "infinity", "-infinity", "+infinity")
+
+
+def exact_ids(columns: list[pd.Series]) -> list[pd.Series]:
+    """The ids of one column (user or item) of every file of a split, read by one rule: int64 when every value
+    of every series is a canonical integer (an integer series already is), else text throughout (an integer
+    written as text is its canonical form, so "12" still meets "12" and never "012")."""
+    as_int = [_canonical_int64(c) for c in columns]
+    if all(c is not None for c in as_int):
+        return as_int
+    return [c.astype(str) if c.dtype.kind in "iu" else c.astype(object) for c in columns]
+
+
+def _canonical_int64(values: pd.Series) -> pd.Series | None:
+    """`values` as int64 when every one is a canonical integer within int64, else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.dtype.kind == "i":
+        return values.astype(np.int64)
+    if values.dtype.kind == "u":
+        return values.astype(np.int64) if len(values) == 0 or int(values.max()) < 2**63 else None
+    if values.dtype.kind not in "OSU" or not all(isinstance(v, str) for v in values.head(1)):
+        return None
+    try:
+        # pandas' "str" columns are Arrow strings already (no copy); object columns are converted
+        text = pa.array(values) if isinstance(values.dtype, pd.StringDtype) else pa.array(values.to_numpy(dtype=object), type=pa.string())
+        if pc.all(pc.match_substring_regex(text, CANONICAL_INT), skip_nulls=False).as_py() is not True:
+            return None
+        ints = pc.cast(text, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):   # a value past int64, or not a string at all
+        return None
+    return pd.Series(ints, index=values.index, name=values.name)
+
+
+def numeric_text_id(values: pd.Series) -> str | None:
+    """The first id of a text column that reads as a number but is not a canonical integer ("5.0", "012",
+    "+5"): why the column is text, for a note on stderr (a column of "sku-1" ids needs none)."""
+    if values.dtype.kind in "iu":
+        return None
+    at = non_integer_id(values.astype(str))
+    if at is not None and pd.notna(pd.to_numeric(pd.Series([at[1]]), errors="coerce").iloc[0]):
+        return at[1]
+    return None
+
+
+def text_ids_note(column: str, value: str) -> str:
+    return (f"note: {column} ids are read as text, exactly as written, because of {value!r}, which is not a plain integer: "
+            f"'5' and '5.0', '12' and '012' are different {column}s")
+
+
+def non_integer_id(values: pd.Series) -> tuple[int, str] | None:
+    """(position, value) of the first id of a text series that is not a canonical integer, else None."""
+    for i, v in enumerate(values):
+        if not (isinstance(v, str) and _CANONICAL_INT.fullmatch(v) and -2**63 <= int(v) < 2**63):
+            return i, v
+    return None
 
 
 def read_movielens(name: str, folder: str | Path) -> pd.DataFrame:
@@ -59,9 +135,11 @@ def read_table(
     item_col: str = "item",
     rating_col: str | None = "rating",
     sep: str | None = None,
+    sep_option: str | None = None,
 ) -> pd.DataFrame:
     """A CSV/TSV/Parquet file with a header row. `sep=None`: from the extension (.csv ',', .tsv/.tab/.txt tab,
-    .parquet/.pq Parquet; a trailing .gz/.bz2/.xz/.zst/.zip is decompressed). `rating_col=None`: implicit data."""
+    .parquet/.pq Parquet; a trailing .gz/.bz2/.xz/.zst/.zip is decompressed). `rating_col=None`: implicit data.
+    `sep_option`: how the caller's user sets the separator, for the message when the extension does not tell."""
     path = Path(path)
     wanted = [user_col, item_col] + ([rating_col] if rating_col is not None else [])
     if len(set(wanted)) != len(wanted):
@@ -71,13 +149,16 @@ def read_table(
         df = _read_parquet(path, wanted)
         pos = ("row", 1)
     else:
-        df = _read_text(path, wanted, sep if sep is not None else _sep_from_suffix(path))
+        df = _read_text(path, wanted, sep if sep is not None else _sep_from_suffix(path, sep_option))
         pos = ("line", 2)  # the first data row is line 2, after the header
     if len(df) == 0:
         raise UserError(f"{path}: no rows (only a header)")
     df = df[wanted]   # usecols keeps the file's column order; ours is user, item, rating
     df.columns = ["user", "item", "rating"][: len(wanted)]
     _check_ids(path, df, {"user": user_col, "item": item_col}, pos)
+    for col in ("user", "item"):   # integers stay integers; anything else is its text (a Parquet 5.0 is "5.0")
+        values = df[col] if df[col].dtype.kind in "iu" else df[col].astype(str)
+        df[col] = exact_ids([values])[0]
     if rating_col is not None:
         df["rating"] = _numeric_ratings(path, df["rating"], rating_col, pos)
     return df.reset_index(drop=True)
@@ -92,6 +173,12 @@ def ids_like(values: pd.Series, catalogue: np.ndarray, path: str | Path, column:
         return values.astype(str)
     if kind not in "iuf":
         raise ValueError(f"unsupported catalogue id type {np.asarray(catalogue).dtype}")
+    if kind in "iu" and values.dtype.kind in "OSU":   # ids read as text: the one rule, never a float ("5.0" is not 5)
+        bad_at = non_integer_id(values.astype(str))
+        if bad_at is not None:
+            raise UserError(f"{path}: {column} id {short_repr(bad_at[1])} on line {bad_at[0] + first_line} is not one of the "
+                            "model's ids, which are integers: a file for another catalogue?")
+        return values.astype(str).astype(np.int64)
     numeric = values if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) \
         else pd.to_numeric(values, errors="coerce")
     as_float = numeric.astype(np.float64).to_numpy()
@@ -134,11 +221,12 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _sep_from_suffix(path: Path) -> str:
+def _sep_from_suffix(path: Path, sep_option: str | None = None) -> str:
     suffix = _base_suffix(path)
     if suffix not in _SEP_BY_SUFFIX:
+        how = f", or give the separator ({sep_option})" if sep_option else ""
         raise UserError(f"{path}: cannot tell the separator from the extension {suffix or '(none)'!r}; "
-                        f"use .csv, .tsv, .txt or .parquet, or set sep")
+                        f"use .csv, .tsv, .txt or .parquet{how}")
     return _SEP_BY_SUFFIX[suffix]
 
 
@@ -150,7 +238,8 @@ def _read_headerless(path: Path, data: bytes, sep: str) -> pd.DataFrame:
     try:
         # All four fields, not usecols: with usecols pandas silently drops the extra fields of a ragged line.
         df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=_ML_COLUMNS, dtype=_ML_DTYPES, engine="c")
-        if np.isfinite(df["rating"].to_numpy()).all():
+        # pandas reads "012", "+12" and " 12" as 12: a field that starts so takes the exact pass below
+        if np.isfinite(df["rating"].to_numpy()).all() and not _odd_field(data):
             return df[["user", "item", "rating"]]
     except (ValueError, pd.errors.ParserError):
         pass
@@ -164,12 +253,10 @@ def _read_headerless(path: Path, data: bytes, sep: str) -> pd.DataFrame:
     raw.columns = ["user", "item", "rating"]
     ids = {}
     for field, col in enumerate(("user", "item"), start=1):
-        as_num = pd.to_numeric(raw[col], errors="coerce")
-        bad = (as_num.isna() | (as_num != as_num.round())).to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise UserError(f"{path}: {col} id (field {field}) has a non-integer value {short_repr(raw[col].iloc[i])} on line {i + 1}")
-        ids[col] = as_num.astype(np.int64)
+        bad_at = non_integer_id(raw[col])   # MovieLens ids are integers: the one rule, and text is an error here
+        if bad_at is not None:
+            raise UserError(f"{path}: {col} id (field {field}) has a non-integer value {short_repr(bad_at[1])} on line {bad_at[0] + 1}")
+        ids[col] = raw[col].astype(np.int64)
     df = pd.DataFrame(ids)
     df["rating"] = _numeric_ratings(path, raw["rating"], "rating (field 3)", ("line", 1))
     return df
@@ -180,9 +267,11 @@ def _read_text(path: Path, wanted: list[str], sep: str) -> pd.DataFrame:
     header = _read_csv(path, sep, engine, nrows=0)
     found = [str(c) for c in header.columns]
     _check_columns(path, wanted, found, sep)
-    # Ids as pandas infers them (integers stay integers, anything else is a string); ratings checked after.
-    # Every column, not usecols: with usecols pandas silently drops the extra fields of a ragged line.
-    df = _read_csv(path, sep, engine)
+    # Ids as text (`exact_ids` decides after); ratings checked after. Every column, not usecols: with usecols
+    # pandas silently drops the extra fields of a ragged line.
+    # Only an empty field is missing: "NA", "null" or "None" are ids like any other text (pandas' default would
+    # read them as missing); a rating spelled so is refused by `_numeric_ratings`.
+    df = _read_csv(path, sep, engine, dtype={c: str for c in wanted[:2]}, keep_default_na=False, na_values={c: [""] for c in wanted})
     return df[wanted]
 
 
@@ -254,9 +343,13 @@ def _check_ids(path: Path, df: pd.DataFrame, names: dict[str, str], pos: tuple[s
             raise UserError(f"{path}: column {original!r} has an empty value on {pos[0]} {i + pos[1]}")
         if pd.api.types.is_float_dtype(df[col]):
             bad = ~np.isfinite(df[col].to_numpy())
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise UserError(f"{path}: column {original!r} has a non-finite id {df[col].iloc[i].item()!r} on {pos[0]} {i + pos[1]}")
+        elif df[col].dtype.kind == "O":   # text: an "inf" is a float column written out, never an id
+            bad = df[col].astype(str).str.strip().str.lower().isin(_NON_FINITE).to_numpy()
+        else:
+            continue
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{path}: column {original!r} has a non-finite id {float(df[col].iloc[i])!r} on {pos[0]} {i + pos[1]}")
 
 
 def _numeric_ratings(path: Path, values: pd.Series, column: str, pos: tuple[str, int]) -> pd.Series:

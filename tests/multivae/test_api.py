@@ -1,4 +1,4 @@
-"""The Python API: `multivae.fit` / `multivae.load` / `Recommender.recommend`, and the README's snippet run verbatim."""
+"""The Python API: `multivae.fit` / `multivae.load` / `Recommender.recommend`, and docs/recommend.md's snippet run verbatim."""
 
 import re
 import subprocess
@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Python API"):]
+    text = (REPO / "docs" / "recommend.md").read_text()
+    section = text[text.index("## Python API"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -28,7 +28,7 @@ def test_readme_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MULTIVAE_DATA_DIR", str(tmp_path / "cache"))
     code = readme_snippet()
     assert "multivae.fit(" in code and "multivae.load(" in code
-    exec(compile(code, "README.md:python-api", "exec"), {})
+    exec(compile(code, "docs/recommend.md:python-api", "exec"), {})
     out = capsys.readouterr().out
     assert "probability" in out and (tmp_path / "runs" / "api-demo" / "model" / "model.json").is_file()
 
@@ -55,3 +55,23 @@ def test_import_multivae_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("kw, message", [
+    # argparse's refusal: was SystemExit(2) into the caller, and a message about --epochs
+    ({"epochs": "many"}, r"^multivae\.fit: argument epochs: invalid int value: 'many'$"),
+    # a check of ours after parsing: the keyword, not the flag
+    ({"epochs": 0}, r"^multivae\.fit: epochs must be >= 1, got 0$"),
+    ({"model": "ease", "ease_lambda": [float("nan")]}, r"^multivae\.fit: ease_lambda needs values > 0 \(and finite\), got nan$"),
+    ({"cache_dir": "a\0b"}, r"^multivae\.fit: cache_dir must not contain a NUL byte, got 'a\\x00b'$"),   # was a ValueError
+])
+def test_fit_raises_user_error_naming_keywords_never_system_exit(tmp_path, kw, message):
+    with pytest.raises(UserError, match=message) as err:
+        multivae.fit(data="synthetic", out=tmp_path / "run", **kw)
+    assert "--" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_a_nul_byte_in_a_path(tmp_path):
+    with pytest.raises(UserError, match=r"^multivae\.fit: out must not contain a NUL byte"):
+        multivae.fit(data="synthetic", out=str(tmp_path / "r\0un"))

@@ -99,6 +99,10 @@ CASES: list[tuple[str, Callable[[Path], object], type, str]] = [
      r"big\.yaml: larger than a YAML file here may be \(1,048,576 bytes\)$"),
     ("yaml-duplicate-long-key", lambda t: load_yaml_text(f"{'k' * 1000}: 1\n{'k' * 1000}: 2\n", "k.yaml"), UserError,
      r"found duplicate key 'k{40,50}\.\.\.k{40,50}'$"),
+    ("yaml-duplicate-beside-a-merge-key", lambda t: load_yaml_text("base: &b {x: 1}\nrun:\n  <<: *b\n  y: 1\n  y: 2\n", "m.yaml"),
+     UserError, r"^m\.yaml: invalid YAML at line 5, column 3: found duplicate key 'y'$"),
+    ("yaml-two-merge-keys", lambda t: load_yaml_text("a: &a {x: 1}\nb: &b {x: 2}\nrun:\n  <<: *a\n  <<: *b\n", "m.yaml"),
+     UserError, r"^m\.yaml: invalid YAML at line 4, column 3: found duplicate merge key '<<' \(merge several with <<: \[\*a, \*b\]\)$"),
     ("yaml-not-utf8", lambda t: load_yaml_file(_text(t, "b.yaml", b"a: \xff\xfe\n")), UserError, r"b\.yaml: cannot read it"),
     # data files: the file and the line or row
     ("csv-ragged", lambda t: read_table(_text(t, "r.csv", GOOD + "3,12,4,7\n")), UserError,
@@ -127,6 +131,8 @@ CASES: list[tuple[str, Callable[[Path], object], type, str]] = [
      r"^n\.csv: item id 'a7' on line 3 is not one of the model's ids, which are integers"),
     ("new-user-ids-fractional", lambda t: ids_like(pd.Series([5.0, 6.5]), np.array([5, 6]), "n.csv", "item"), UserError,
      r"^n\.csv: item id 6\.5 on line 3 is not one of the model's ids"),
+    ("new-user-ids-text-5.0", lambda t: ids_like(pd.Series(["5", "5.0"]), np.array([5, 6]), "n.csv", "item"), UserError,
+     r"^n\.csv: item id '5\.0' on line 3 is not one of the model's ids, which are integers"),   # was taken for item 5
     # checkpoints
     ("ckpt-save-nan", lambda t: save_checkpoint({"model": {"w": torch.tensor([1.0, NAN])}}, t / "c.pt"), UserError,
      r"c\.pt: refusing to write a checkpoint whose model weights are not finite \(model\.w\)"),
@@ -165,6 +171,14 @@ def test_bad_input_core(tmp_path, call, exc, pattern):
 
 def test_the_table_covers_every_class():
     assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_a_yaml_merge_key_override_is_not_a_duplicate():
+    """`<<: *base` then a key of base: YAML's merge rule, the key written here wins (was refused as a duplicate)."""
+    text = "base: &b {epochs: 5, lr: 0.01}\nrun:\n  <<: *b\n  epochs: 7\nboth:\n  <<: [*b, {lr: 0.1, seed: 3}]\n  seed: 4\n"
+    data = load_yaml_text(text, "m.yaml")
+    assert data["run"] == {"epochs": 7, "lr": 0.01}
+    assert data["both"]["seed"] == 4 and data["both"]["epochs"] == 5   # written here wins over both merged mappings
 
 
 def test_domain_rules_on_their_boundaries():

@@ -228,3 +228,75 @@ def test_bench_lightgcn_writer_round_trips_through_the_reader(tmp_path):
     assert split.stats()["train_file_interactions"] == stats["train_interactions"]
     assert split.test_target.nnz == stats["test_interactions"]
     assert isinstance(read_lightgcn(tmp_path / "test.txt"), pd.DataFrame)
+
+
+# --- issue 27: ids read exactly, files that leave nothing to test on, BOMs ---------------------------
+
+@pytest.mark.parametrize("token, message", [
+    ("7_5", "'7_5' is not an integer id"),                 # int() reads 75
+    ("\uff17\uff15", "'７５' is not an integer id"),         # full-width digits: int() reads 75
+    ("--5", "'--5' is not an integer id"),                 # was a StopIteration traceback
+    ("\u00b2", "'²' is not an integer id"),                # isdigit() but not int(): was a StopIteration
+    ("+5", "'\\+5' is not an integer id"),
+    ("012", "'012' is not an integer id"),                  # "012" and "12" would become one id
+    ("9" * 25, "id 9{25} does not fit in 64 bits"),        # was an OverflowError from numpy
+])
+def test_lightgcn_ids_are_plain_integers_or_one_line_errors(tmp_path, token, message):
+    path = tmp_path / "train.txt"
+    path.write_text(f"0 1 2\n1 3 {token}\n")
+    with pytest.raises(UserError, match=f"^{path}:2: {message}") as err:
+        read_lightgcn(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_utf8_bom_is_read_past_in_recbole_and_lightgcn_files(tmp_path):
+    rec = tmp_path / "ml.train.inter"
+    rec.write_text("\ufeffuser_id:token\titem_id:token\n1\t2\n", encoding="utf-8")
+    assert read_recbole(rec).to_dict("list") == {"user": ["1"], "item": ["2"]}
+    lg = tmp_path / "train.txt"
+    lg.write_text("\ufeff0 5 6\n", encoding="utf-8")
+    assert read_lightgcn(lg)["item"].tolist() == [5, 6]
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> str:
+    path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in rows))
+    return str(path)
+
+
+def test_ids_follow_one_rule_across_the_files_of_a_split(tmp_path):
+    """Canonical integers in every file: int64, in numeric order. One "5.0" or "012" anywhere: text throughout,
+    so "5" and "5.0", "12" and "012" are different items, and nothing is ever read as a float."""
+    train = _csv(tmp_path / "train.csv", [("1", "5"), ("1", "12"), ("2", "5"), ("2", "30")])
+    ints = load_dataset(DatasetConfig(name="given", train=train, test=_csv(tmp_path / "t1.csv", [("1", "30")]), valid_fraction=0.5),
+                        verbose=False)
+    assert ints.item_ids.dtype == np.int64 and ints.item_ids.tolist() == [5, 12, 30]
+    odd = load_dataset(DatasetConfig(name="given", train=train, test=_csv(tmp_path / "t2.csv", [("1", "5.0"), ("2", "012")]),
+                                     valid_fraction=0.5), verbose=False)
+    assert sorted(odd.item_ids.tolist()) == ["012", "12", "30", "5", "5.0"]
+    assert odd.test_target.nnz == 2 and odd.stats()["test_only_items"] == 2   # neither is taken for a training item
+    assert odd.stats()["ids_read_as_text_because_of"] == {"item": "5.0"} and ints.stats()["ids_read_as_text_because_of"] == {}
+
+
+def test_a_test_file_with_nothing_left_to_test_on_is_refused(tmp_path):
+    """The test (or valid) file equal to the train file used to give exit 0 with null test metrics."""
+    pairs = [(str(u), str(i)) for u in range(1, 6) for i in range(1, 6)]
+    train = _csv(tmp_path / "train.csv", pairs)
+    with pytest.raises(UserError, match=r"test\.csv: every one of its 25 pairs is already in the train file, so nothing is "
+                                        r"left to test on \(the same file twice\?\)$"):
+        load_dataset(DatasetConfig(name="given", train=train, test=_csv(tmp_path / "test.csv", pairs)), verbose=False)
+    test = _csv(tmp_path / "t.csv", [("1", "9")])
+    with pytest.raises(UserError, match=r"t\.csv: every one of its 1 pairs is already in the train or valid file"):   # valid = test
+        load_dataset(DatasetConfig(name="given", train=train, test=test, valid=test), verbose=False)
+    with pytest.raises(UserError, match=r"valid\.csv: every pair of the valid file is already in the train file"):
+        load_dataset(DatasetConfig(name="given", train=train, test=test,
+                                   valid=_csv(tmp_path / "valid.csv", [("1", "1"), ("2", "2")])), verbose=False)
+
+
+def test_a_held_out_validation_that_is_empty_is_refused_with_advice_that_fits(tmp_path):
+    """One training row per user: nothing can be held out. The advice is about the valid file or fraction,
+    not --heldout-users (which a fixed split does not have)."""
+    train = _csv(tmp_path / "train.csv", [(str(u), str(u)) for u in range(1, 6)])
+    with pytest.raises(UserError) as err:
+        load_dataset(DatasetConfig(name="given", train=train, test=_csv(tmp_path / "test.csv", [("1", "2")])), verbose=False)
+    assert "leaves nothing to validate on" in str(err.value) and "valid_fraction" in str(err.value)
+    assert "heldout" not in str(err.value)

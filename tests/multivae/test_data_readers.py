@@ -162,3 +162,69 @@ def test_parquet_header_only(tmp_path):
 def test_a_directory_is_not_a_file(tmp_path):
     with pytest.raises(UserError, match="not a file"):
         read_table(tmp_path)
+
+
+# --- issue 27: one rule for ids -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("ids, expected", [
+    pytest.param(["12", "7", "-3", "0"], [12, 7, -3, 0], id="canonical-int64-in-file-order"),
+    pytest.param(["12", "012"], ["12", "012"], id="leading-zero-kept-apart"),      # was one id, 12
+    pytest.param(["5", "5.0"], ["5", "5.0"], id="a-float-is-text-not-5"),
+    pytest.param(["5", "+5"], ["5", "+5"], id="plus-sign"),
+    pytest.param(["1", "\uff11\uff12"], ["1", "１２"], id="full-width-digits"),
+    pytest.param(["1", "7_5"], ["1", "7_5"], id="underscore"),
+    pytest.param(["1", "9223372036854775808"], ["1", "9223372036854775808"], id="past-int64"),
+    pytest.param(["1", "9223372036854775807"], [1, 9223372036854775807], id="int64-max"),
+])
+def test_generic_ids_are_int64_only_when_every_one_is_a_canonical_integer(tmp_path, ids, expected):
+    path = tmp_path / "d.csv"
+    path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(ids, range(len(ids)))), encoding="utf-8")
+    got = read_table(path, rating_col=None)
+    assert got["user"].tolist() == expected
+    assert got["user"].dtype == (np.int64 if isinstance(expected[0], int) else object)
+    assert got["item"].dtype == np.int64
+
+
+def test_parquet_float_ids_are_their_text_never_a_float(tmp_path):
+    pd.DataFrame({"user": [1.0, 2.5], "item": [3, 4]}).to_parquet(tmp_path / "f.parquet")
+    assert read_table(tmp_path / "f.parquet", rating_col=None)["user"].tolist() == ["1.0", "2.5"]
+
+
+def test_movielens_ids_with_a_leading_zero_are_an_error_not_another_id(tmp_path):
+    (tmp_path / "ratings.dat").write_bytes(b"1::2::5::978300760\n1::012::4::978300761\n")
+    with pytest.raises(UserError, match=r"item id \(field 2\) has a non-integer value '012' on line 2"):
+        read_movielens("ml-1m", tmp_path)
+
+
+def test_the_separator_message_names_an_option_that_exists(tmp_path):
+    from multivae.data import DatasetConfig, load_dataset
+    from multivae.train import _parser, dataset_config_from_args, explicit_flags
+
+    path = _write(tmp_path / "d.dat", "user;item\n" + "".join(f"{u};{i}\n" for u in range(1, 9) for i in range(u, u + 6)))
+    with pytest.raises(UserError, match=r"use \.csv, \.tsv, \.txt or \.parquet, or give the separator \(--sep, or sep: in the dataset "
+                                        r"section of a YAML file\)$") as err:
+        load_dataset(DatasetConfig(name="file", path=str(path), rating_col=None), cache_dir=tmp_path / "c", verbose=False)
+    assert "set sep" not in str(err.value)
+    argv = ["--data", str(path), "--sep", ";", "--rating-col", "none"]
+    cfg = dataset_config_from_args(_parser().parse_args(argv), explicit_flags(argv))
+    assert cfg.sep == ";" and len(load_dataset(cfg, cache_dir=tmp_path / "c", verbose=False).item_ids) == 13
+
+
+def test_text_ids_that_look_like_numbers_are_named_on_stderr(tmp_path, capsys):
+    from multivae.data import DatasetConfig, ProtocolConfig, load_dataset
+
+    rows = "".join(f"{u},{i}\n" for u in range(1, 41) for i in range(1, 9)) + "41,012\n41,12\n41,3\n41,4\n41,5\n"
+    path = _write(tmp_path / "d.csv", "user,item\n" + rows)
+    split = load_dataset(DatasetConfig(name="file", path=str(path), rating_col=None, protocol=ProtocolConfig(heldout_users=5)),
+                         cache_dir=tmp_path / "c")
+    assert {"012", "12"} <= set(split.item_ids.tolist())
+    assert (f"{path}: note: item ids are read as text, exactly as written, because of '012', which is not a plain integer"
+            in capsys.readouterr().err)
+
+
+def test_text_ids_that_pandas_would_take_for_missing_are_ids(tmp_path):
+    path = _write(tmp_path / "d.csv", "user,item,rating\nNA,null,4\nNone,NaN,5\nu,,3\n")
+    with pytest.raises(UserError, match=r"d\.csv: column 'item' has an empty value on line 4$"):   # only an empty field is missing
+        read_table(path)
+    path.write_text("user,item,rating\nNA,null,4\nNone,n/a,5\n")
+    assert read_table(path).to_dict("list") == {"user": ["NA", "None"], "item": ["null", "n/a"], "rating": [4.0, 5.0]}

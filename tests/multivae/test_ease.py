@@ -47,6 +47,9 @@ def test_weights_match_the_formula_and_zero_the_diagonal(lam):
     np.testing.assert_allclose(scores.numpy(), x[:7] @ b.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="lambda must be > 0"):
         ease_weights(gram(sp.csr_matrix(x)), 0.0)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"lambda must be > 0 and finite, got (nan|inf)$"):
+            ease_weights(gram(sp.csr_matrix(x)), bad)
 
 
 def test_refuses_a_catalogue_too_large_for_memory_naming_the_bytes():
@@ -123,6 +126,8 @@ def test_cli_ease_on_a_lightgcn_split_writes_metrics_with_definitions(tmp_path, 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "vae", "--ease-lambda", "10"], "--ease-lambda needs --model ease"),
     (["--model", "ease", "--ease-lambda", "0"], "values > 0"),
+    (["--model", "ease", "--ease-lambda", "nan"], "--ease-lambda needs values > 0 (and finite), got nan"),   # was a LinAlgError
+    (["--model", "ease", "--ease-lambda", "10", "inf"], "--ease-lambda needs values > 0 (and finite), got inf"),   # ranked by NaN
     (["--valid-file", "v.txt"], "need --train-file and --test-file"),
     (["--train-file", "a.txt"], "needs train and test files"),
 ])
@@ -158,3 +163,16 @@ def test_cli_retrain_refits_mult_vae_on_train_and_valid_for_the_best_epochs(tmp_
     again = _torch.load(out / "retrain" / CHECKPOINT_NAME, weights_only=True)
     assert again["epoch"] == best                                      # trained for the chosen epochs, on more rows
     assert again["global_step"] == best * math.ceil(120 / 50)
+
+
+def test_a_memory_refusal_after_the_data_is_read_leaves_no_out_folder(tmp_path, capsys, monkeypatch):
+    """EASE's memory check needs the catalogue, so it runs after the data is read, but still before --out is made."""
+    import multivae.ease
+    from multivae.errors import run_cli
+
+    train, test = _lightgcn_files(tmp_path)
+    monkeypatch.setattr(multivae.ease, "available_memory", lambda: 1000)
+    out = tmp_path / "run"
+    assert run_cli(train_main, ["--train-file", str(train), "--test-file", str(test), "--model", "ease", "--out", str(out)],
+                   prog="multivae.train") == 2
+    assert "EASE on 40 items needs" in capsys.readouterr().err and not out.exists()

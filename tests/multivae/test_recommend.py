@@ -259,3 +259,75 @@ def test_ml1m_titles_and_no_heldout_items(tmp_path):
     toy = load(tmp_path / "m").titles.loc["1"]
     assert toy["title"] == "Toy Story (1995)" and toy["genres"] == "Animation|Children's|Comedy"
     assert df["title"].notna().all()
+
+
+# --- issue 27: a damaged model folder is checked field by field before anything is allocated ----------
+
+def _damaged(d: Path, tmp_path: Path, meta: dict | None = None, arrays: dict | None = None) -> Path:
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    if meta is not None:
+        (bad / MODEL_JSON).write_text(json.dumps({**json.loads((bad / MODEL_JSON).read_text()), **meta}))
+    if arrays is not None:
+        with np.load(bad / "interactions.npz") as z:
+            np.savez(bad / "interactions.npz", **{**dict(z), **arrays})
+    return bad
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"n_items": "50"}, r"model\.json: n_items must be an integer >= 1, got '50'$"),          # was a ValueError/TypeError
+    ({"n_items": [50]}, r"model\.json: n_items must be an integer >= 1, got \[50\]$"),
+    ({"n_users": None}, r"model\.json: n_users must be an integer >= 0, got None$"),
+    ({"n_items": 10**12}, r"weights\.pt: weights do not match the model config \(enc_w\.0 is torch\.float32 \[\d+, 32\], "
+                          r"the config needs floats of shape \[1000000000000, 32\]\)$"),
+])
+def test_a_wrong_field_in_model_json_is_one_line(trained, tmp_path, meta, message):
+    _, _, d = trained
+    with pytest.raises(UserError, match=message):
+        load_model_dir(_damaged(d, tmp_path, meta=meta))
+
+
+def test_an_absurd_architecture_is_refused_before_it_is_allocated(trained, tmp_path):
+    """hidden_dims [2**36]: building the model first tried a dense n_items x 2**36 allocation (terabytes)."""
+    _, _, d = trained
+    meta = json.loads((d / MODEL_JSON).read_text())
+    bad = _damaged(d, tmp_path, meta={"model_config": {**meta["model_config"], "hidden_dims": [2**36]}})
+    with pytest.raises(UserError, match=r"weights\.pt: weights do not match the model config \(enc_w\.0 is torch\.float32 \[\d+, 32\], "
+                                        r"the config needs floats of shape \[\d+, 68719476736\]\)$"):
+        load_model_dir(bad)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"indices": np.array([-1] + [0] * 10, dtype=np.int32)}, r"item index -1 is outside the \d+ items of model\.json$"),
+    ({"indptr": np.array([0, 5, 3], dtype=np.int64)}, r"indptr is not the row index of \d+ users' \d+ interactions$"),
+    ({"item_ids": np.zeros((2, 2))}, r"item_ids must be \d+ integer or text ids \(as model\.json says\), got float64 of shape \[2, 2\]$"),
+])
+def test_damaged_interactions_are_one_line(trained, tmp_path, arrays, message):
+    _, _, d = trained
+    if "indices" in arrays:   # as many entries as the real file, one of them negative
+        with np.load(d / "interactions.npz") as z:
+            arrays = {"indices": np.where(np.arange(len(z["indices"])) == 0, -1, z["indices"]).astype(np.int32)}
+    with pytest.raises(UserError, match=r"interactions\.npz: " + message):
+        load_model_dir(_damaged(d, tmp_path, arrays=arrays))
+
+
+def test_a_text_file_as_a_checkpoint_gets_our_message_not_torchs_advice(tmp_path):
+    (tmp_path / "notes.pt").write_text("these are my notes, not a checkpoint\n")
+    with pytest.raises(UserError) as err:
+        load(tmp_path / "notes.pt")
+    assert str(err.value) == f"{tmp_path / 'notes.pt'}: not a readable checkpoint (not a file that torch.save writes)"
+    assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"k": "10"}, r"^k must be an integer >= 1, got '10'$"),     # was a TypeError from "10" < 1
+    ({"k": True}, r"^k must be an integer >= 1, got True$"),
+    ({"k": 2.5}, r"^k must be an integer >= 1, got 2\.5$"),
+    ({"batch_size": 0}, r"^batch_size must be an integer >= 1, got 0$"),
+])
+def test_recommend_keywords_are_checked_as_the_api_promises(trained, kw, message):
+    split, _, d = trained
+    with pytest.raises(UserError, match=message):
+        load(d).recommend(users=[split.train_user_ids[0]], **kw)
+    with pytest.raises(UserError, match=r"^users must be a list of user ids, got '42'$"):
+        load(d).recommend(users="42")

@@ -168,3 +168,12 @@ def test_beta_star_resume_extends_the_retraining_not_the_sweep(data, tmp_path):
     again = metrics(tmp_path)
     assert again["beta_star"]["value"] == first["beta_star"]["value"] and again["epochs"] == 3
     assert again["train_config"]["anneal_cap"] == first["train_config"]["anneal_cap"] == first["beta_star"]["value"]
+
+
+def test_a_log_gets_one_plain_line_per_epoch_not_progress_bar_frames(data, tmp_path, capsys):
+    assert not sys.stderr.isatty()   # captured: what a redirected log sees
+    run(["--data", str(data / "ratings.csv"), *[a for a in TINY if a != "--quiet"], "--epochs", "2"], tmp_path)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"] and all(" best " in line for line in lines)

@@ -9,6 +9,8 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
@@ -53,9 +55,11 @@ def smoke_experiment(ray_session, tmp_path_factory):
     cache = tmp_path_factory.mktemp("data_cache")
     t0 = time.perf_counter()
     optuna_db = f"sqlite:///{storage / 'study.db'}"   # the study optuna-dashboard would watch
-    rc = run.main(["--space", "smoke", "--storage", str(storage), "--name", SMOKE_NAME, "--cache-dir", str(cache),
-                   "--optuna-storage", optuna_db])
+    out = io.StringIO()   # the live lines, as a log file would get them
+    with contextlib.redirect_stdout(out):
+        rc = run.main(["--space", "smoke", "--storage", str(storage), "--name", SMOKE_NAME, "--cache-dir", str(cache),
+                       "--optuna-storage", optuna_db])
     wall = time.perf_counter() - t0
     path = storage / SMOKE_NAME
     results = json.loads((path / experiment.RESULTS).read_text()) if (path / experiment.RESULTS).exists() else None
-    return SimpleNamespace(rc=rc, path=path, storage=storage, cache=cache, wall=wall, results=results, optuna_db=optuna_db)
+    return SimpleNamespace(rc=rc, out=out.getvalue(), path=path, storage=storage, cache=cache, wall=wall, results=results, optuna_db=optuna_db)

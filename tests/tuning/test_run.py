@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from multivae.errors import run_cli
 from tests.tuning.helpers import events, result_rows, trial_dirs
 from tuning import experiment, run
 from tuning.space import load_space
-from tuning.tblog import SUBDIR
+from tuning.tblog import SUBDIR, hparam_value
 
 REPO = Path(__file__).absolute().parents[2]
 
@@ -61,6 +62,33 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert "config" not in best_config and res["best_trial"]["config"] == json.loads((best_dir / "params.json").read_text())
     assert best_config["trial_id"] == best["trial_id"] and best_config["best_epoch"] == best["best_epoch"]
     assert (smoke_experiment.path / experiment.RUN_META).exists() and (smoke_experiment.path / experiment.SPACE_COPY).exists()
+
+
+def test_what_a_user_reads_holds_plain_values_not_the_searchers_json_text(smoke_experiment):
+    """hidden_dims is a list choice, which Optuna sees as "[128]": params.json, results.json, best_config.yaml and
+    the checkpoint's config hold the list."""
+    import torch
+
+    res = smoke_experiment.results
+    assert isinstance(res["best_trial"]["config"]["hidden_dims"], list)
+    assert all(isinstance(r["config"]["hidden_dims"], list) for r in res["trials_table"])
+    best_config = yaml.safe_load((smoke_experiment.path / experiment.BEST_CONFIG).read_text())
+    assert best_config["model"]["hidden_dims"] == res["best_trial"]["config"]["hidden_dims"]
+    for d in trial_dirs(smoke_experiment.path):
+        assert isinstance(json.loads((d / "params.json").read_text())["hidden_dims"], list), d.name
+    ckpt = sorted(next(iter(trial_dirs(smoke_experiment.path))).glob("checkpoint_*/checkpoint.pt"))[-1]
+    assert isinstance(torch.load(ckpt, weights_only=True)["extra"]["config"]["hidden_dims"], list)
+
+
+def test_live_lines_number_each_trial_as_its_folder(smoke_experiment):
+    shown: dict[str, set[int]] = {}
+    for line in smoke_experiment.out.splitlines():
+        m = re.match(r"trial (\d+)/\d+ (\S+) ", line)
+        if m:
+            shown.setdefault(m.group(2), set()).add(int(m.group(1)))
+    folders = {d.name.split("_", 2)[2]: int(d.name.split("_", 2)[1]) for d in trial_dirs(smoke_experiment.path)}
+    assert len(folders) == smoke_space().search.num_samples
+    assert shown == {trial_id: {number} for trial_id, number in folders.items()}
 
 
 def test_results_put_the_best_trial_beside_ease_and_popularity_as_paired_differences(smoke_experiment):
@@ -116,7 +144,7 @@ def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
         for k in searched:
             v, hp = params[k], start.hparams[k]
             got = hp.number_value if isinstance(v, (int, float)) and not isinstance(v, bool) else hp.string_value
-            assert got == v, (d.name, k)
+            assert got == hparam_value(v), (d.name, k)
         assert "config/fixed" in acc.Tags()["tensors"] or "config/fixed/text_summary" in acc.Tags()["tensors"]
         hp_experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert "val/ndcg@100" in {m.name.tag for m in hp_experiment.metric_infos}
@@ -258,3 +286,24 @@ def test_resume_finishes_an_interrupted_search_without_rerunning_finished_trials
     res = json.loads((exp / experiment.RESULTS).read_text())
     assert res["resumed"] is True and res["space"] == "smoke_every_epoch" and res["trials"]["total"] == space.search.num_samples
     assert res["trials"]["unfinished"] == 0 and 0.0 < res["test"]["ndcg@100"] <= 1.0
+
+
+def test_a_search_that_may_train_in_bf16_on_cpu_warns_in_one_line_where_bf16_has_no_units(tmp_path):
+    from multivae.precision import cpu_has_bf16_matmul
+    from tuning.space import with_overrides
+
+    def space(fixed: str, params: str = ""):
+        path = tmp_path / "s.yaml"
+        path.write_text(f"fixed: {{epochs: 1{fixed}}}\nparams:\n  lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}\n{params}")
+        return load_space(str(path))
+
+    chosen = space("", "  precision: {type: choice, values: [fp32, bf16]}\n")
+    assert run.bf16_trial_warning(space("")) is None                                   # fp32 by default
+    assert run.bf16_trial_warning(space(", precision: bf16-sim")) is None
+    assert run.bf16_trial_warning(with_overrides(chosen, gpus_per_trial=1)) is None    # trials on a GPU
+    for s in (chosen, space(", precision: bf16")):
+        line = run.bf16_trial_warning(s)
+        if cpu_has_bf16_matmul():
+            assert line is None
+        else:
+            assert line.startswith("warning: precision bf16: this CPU has no bf16 matmul units") and "\n" not in line

@@ -107,6 +107,9 @@ def test_bohb_search_pauses_and_resumes_trials_from_their_rung_checkpoints(ray_s
         assert epochs == list(range(1, len(epochs) + 1)), (d.name, epochs)
         assert epochs[-1] in (1, 3, 9), (d.name, epochs)   # it ends at a rung or at max_t
         resumed += epochs[-1] > 1
+        # ConfigSpace sampled the list choice as its JSON text (and numpy scalars): the trial's config is plain
+        config = json.loads((d / "params.json").read_text())
+        assert isinstance(config["hidden_dims"], list) and type(config["latent_dim"]) is int, (d.name, config)
     assert resumed >= 1
     assert res["val"]["ndcg@100"] > 0 and res["test"]["ndcg@100"] > 0
 
@@ -125,6 +128,7 @@ def test_pbt_search_copies_checkpoints_and_perturbs_within_the_ranges(ray_sessio
         for prev, row in zip(rows, rows[1:]):
             cfg = row["config"]
             assert cfg["latent_dim"] in params["latent_dim"]["values"]
+            assert cfg["hidden_dims"] in params["hidden_dims"]["values"], (d.name, cfg["hidden_dims"])   # a list
             for key in ("lr", "dropout", "anneal_cap"):
                 assert params[key]["low"] - 1e-12 <= cfg[key] <= params[key]["high"] + 1e-12, (d.name, key, cfg[key])
             if cfg != prev["config"]:   # an exploit: training goes on from a copied checkpoint, perturbed

@@ -510,6 +510,22 @@ INVALID = [
     ("checkpoint-unknown-key", patched({"checkpoint": {"keep_last": 2}}), r"unknown key 'checkpoint\.keep_last' \(allowed: every, keep\)"),
     ("checkpoint-every-zero", patched({"checkpoint": {"every": 0}}), r"checkpoint\.every must be >= 1, got 0"),
     ("checkpoint-keep-zero", patched({"checkpoint": {"keep": 0}}), r"checkpoint\.keep must be >= 1, got 0"),
+    # every number handed to Ray or Optuna: what they can represent, place and build (tuning/resources.py)
+    ("cpus-below-ray-resolution", patched({"resources": {"cpus_per_trial": 0.00001}}),
+     r"resources\.cpus_per_trial must be a multiple of 0\.0001 \(Ray keeps resources at that resolution\), got 1e-05"),
+    ("gpus-between-ray-units", patched({"resources": {"gpus_per_trial": 0.00015}}),
+     r"resources\.gpus_per_trial must be a multiple of 0\.0001 .*, got 0\.00015"),
+    ("cpus-huge", patched({"resources": {"cpus_per_trial": 1.0e12}}), r"resources\.cpus_per_trial must be at most 2147483647, got 1000000000000\.0"),
+    ("num-samples-huge", patched({"search": {"num_samples": 2**40}}), r"search\.num_samples must be at most 2147483647, got 1099511627776"),
+    ("checkpoint-keep-huge", patched({"checkpoint": {"keep": 2**40}}), r"checkpoint\.keep must be at most 2147483647, got 1099511627776"),
+    ("rf-near-one", patched({"scheduler": {"reduction_factor": 1.0000001}}),
+     r"scheduler\.reduction_factor 1\.0000001 is too close to 1: it gives more rungs than the 10 epochs"),
+    ("bohb-rf-near-one", patched({"scheduler": {"type": "bohb", "max_t": 10, "grace_period": DELETE, "reduction_factor": 1.000001}}),
+     r"scheduler\.reduction_factor 1\.000001 is too close to 1"),
+    ("int-bound-beyond-optuna", patched({"params": {"anneal_steps": {"type": "int", "low": 10, "high": 2**60, "log": True}}}),
+     r"params\.anneal_steps\.high must be within ±2\*\*53 \(Optuna keeps integers as floats\), got 1152921504606846976"),
+    ("uniform-span-overflows", patched({"params": {"anneal_cap": {"type": "uniform", "low": -1.0e308, "high": 1.0e308}}}),
+     r"params\.anneal_cap: high - low must be a finite number, got low=-1e\+308, high=1e\+308"),
 ]
 
 
