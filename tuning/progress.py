@@ -1,6 +1,6 @@
 """Driver-side pieces of a Tune run that Tune pickles with the experiment: the progress line, the trial folder
 names, and `rebuild`, the name of the project that Tune's saved state refers to (with
-`tuning.ray_compat.rebuild_optuna_search` for the searcher).
+`tuning.ray_compat.rebuild_optuna_search` for the searcher, `tuning.tuner.rebuild_search_alg` for its wrappers).
 
 Tune pickles its run config (callbacks), the trial name function and the searcher into `tuner.pkl` when a search
 starts, and unpickles them on `--resume`. Pickled by class, a rename in a later version would make every older

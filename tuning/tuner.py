@@ -103,8 +103,21 @@ def plain_trial_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: decode_value(k, v) for k, v in plain_config(config).items()}
 
 
+def rebuild_search_alg(kind: str, state: dict) -> Any:
+    """The search algorithm `kind` with this saved instance state, on the class of this version: what Tune's
+    pickled state (tuner.pkl) refers to instead of the classes below, so they can be renamed or moved (a name kept
+    stable, like `tuning.progress.rebuild`; changing it raises `tuning.experiment.FORMAT_VERSION`)."""
+    cls = {"plain_configs": PlainConfigs, "plain_variants": PlainVariants}[kind]
+    alg = cls.__new__(cls)
+    alg.__dict__.update(state)
+    return alg
+
+
 class PlainConfigs(ConcurrencyLimiter):
     """Ray's ConcurrencyLimiter around Optuna or TuneBOHB, handing Tune each suggestion with plain values."""
+
+    def __reduce__(self):
+        return rebuild_search_alg, ("plain_configs", self.__dict__.copy())
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -114,6 +127,9 @@ class PlainConfigs(ConcurrencyLimiter):
 class PlainVariants(BasicVariantGenerator):
     """Tune's random sampler (PBT's population), handing Tune each new trial with plain values. It samples the
     JSON text of list choices: Tune cannot take a list in `points_to_evaluate`."""
+
+    def __reduce__(self):
+        return rebuild_search_alg, ("plain_variants", self.__dict__.copy())
 
     def next_trial(self):
         trial = super().next_trial()
@@ -246,5 +262,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "rebuild_search_alg", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
            "plain_trial_config", "restored_tuner", "start_ray", "tune_domain"]

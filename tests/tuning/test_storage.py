@@ -225,7 +225,7 @@ def test_tune_state_refers_to_no_project_class_by_its_name(interrupted):
     for path in [interrupted / "tuner.pkl", *interrupted.glob("searcher-state-*.pkl"), *interrupted.glob("search_gen_state-*.json")]:
         names |= global_names(path.read_bytes())
     project = {n for n in names if n.startswith(("tuning.", "multivae."))}
-    assert project == {"tuning.progress.rebuild", "tuning.ray_compat.rebuild_optuna_search"}, project
+    assert project == {"tuning.progress.rebuild", "tuning.ray_compat.rebuild_optuna_search", "tuning.tuner.rebuild_search_alg"}, project
 
 
 def test_an_untouched_experiment_resumes_and_new_trials_carry_the_fixed_settings(interrupted, tmp_path, capsys):
