@@ -423,7 +423,9 @@ def make_experiments(root: Path) -> None:
         (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(state)
         return exp
 
-    good_meta = json.dumps({"space": "smoke", "overrides": {}})
+    from tuning.experiment import versions
+
+    good_meta = json.dumps({"space": "smoke", "overrides": {}, **versions()})   # what this version writes
     experiment_dir("meta_bad", '{"space": "smoke", "overrides"')
     experiment_dir("meta_list", "[1, 2]")
     experiment_dir("state_bad", good_meta, '{"trial_data": [{"trial_id": ')

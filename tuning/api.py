@@ -64,15 +64,14 @@ def search(space: str = "default", **overrides: Any) -> SearchResult:
         raise UserError(f"tuning.search: space must be a search space name or a YAML path, got {short_repr(space)}")
     check_keyword_text("tuning.search", "space", space)
     argv = ([] if overrides.get("resume") else [f"--space={space}"]) + _flags(overrides)
+    planned: list[str] = []
     with api_call("tuning.search"):
-        args = run._parser().parse_args(argv)
-        rc = run.main(argv)
+        run._parser().parse_args(argv)   # a bad value: UserError here, before anything runs
+        rc = run.main(argv, planned=planned)
     if rc != 0:
         raise RuntimeError(f"the search stopped before its end (exit {rc}); continue it with tuning.search(resume=True, "
                            f"name=..., storage=...) or `python -m tuning.run --resume`")
-    root = experiment.storage_root(args.storage)
-    name = args.name or _newest(root, space)
-    exp = experiment.join(root, name)
+    exp = planned[0]   # the experiment this run made (or resumed), whatever else the storage holds
     results = experiment.read_json(experiment.join(exp, experiment.RESULTS), "the search's results")
     rows = [_row(r) for r in results["trials_table"]]
     return SearchResult(exp, yaml.safe_load(experiment.read_text(experiment.join(exp, experiment.BEST_CONFIG))),
@@ -85,15 +84,6 @@ def _row(trial: dict[str, Any]) -> dict[str, Any]:
     results["trials_table"][i]["config"])."""
     done = {k: v for k, v in trial.items() if k != "config"}
     return done | {k: v for k, v in trial["config"].items() if k not in done}
-
-
-def _newest(root: str, space: str) -> str:
-    """The experiment a run without --name just made: the newest `<space>-<timestamp>` folder."""
-    from tuning import experiment
-
-    names = [d.rstrip("/").rsplit("/", 1)[-1] for d in experiment.list_dirs(root)]
-    prefix = space.rsplit("/", 1)[-1].removesuffix(".yaml")
-    return sorted(n for n in names if n.startswith(f"{prefix}-"))[-1]
 
 
 __all__ = ["SearchResult", "search"]

@@ -34,6 +34,12 @@ TRIAL_PARAMS = "params.json"
 TRIAL_RESULTS = "result.json"
 TRIAL_ERRORS = ("error.txt", "error.pkl")
 
+# The experiment's layout, recorded in RUN_META with the package version. Raise it whenever a change makes an
+# older experiment unreadable by --resume: a file renamed or reshaped, or a name that Tune's pickled state
+# refers to (`tuning.progress.rebuild`'s kinds) renamed. A missing format_version is the layout before this.
+FORMAT_VERSION = 2
+COMPATIBLE_FORMATS = (2,)
+
 # A trial's status. Every reader of an experiment uses these words and `trial_status`'s rule.
 STATUSES = ("completed", "stopped_early", "errored", "unfinished", "pending")
 STATUS_LABEL = {"completed": "completed", "stopped_early": "stopped early", "errored": "errored",
@@ -156,6 +162,39 @@ def list_dirs(path: str) -> list[str]:
     fs, p = _fs(path)
     prefix = path[: len(path) - len(p)] if path.endswith(p) else ""   # keep a URI's scheme on what we return
     return sorted(prefix + i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(p)) if i.type == pyarrow.fs.FileType.Directory)
+
+
+def check_format(meta: dict, exp_path: str) -> None:
+    """Refuse, before anything of the experiment is loaded, to resume one whose layout this version cannot read:
+    one line naming both versions and the ways on."""
+    from multivae.version import __version__
+
+    fmt, version = meta.get("format_version"), meta.get("package_version")
+    if fmt in COMPATIBLE_FORMATS and not isinstance(fmt, bool):
+        return
+    was = f"multivae-tune {version}" if isinstance(version, str) else "an earlier multivae-tune (no version recorded)"
+    raise UserError(f"{exp_path}: written by {was}, experiment format {fmt if fmt is not None else 1}; this is multivae-tune "
+                    f"{__version__}, format {FORMAT_VERSION}, which cannot resume it. Finish it with the version that wrote "
+                    f"it, or start a new search here: from its best trial (`python -m multivae.train --config "
+                    f"{join(exp_path, BEST_CONFIG)}`, once it has one) or with `python -m tuning.run --space "
+                    f"{join(exp_path, SPACE_COPY)} --name <new name>`")
+
+
+def versions() -> dict[str, Any]:
+    """What RUN_META records of the code that writes the experiment."""
+    from multivae.version import __version__
+
+    return {"package_version": __version__, "format_version": FORMAT_VERSION}
+
+
+def list_files(path: str) -> list[str]:
+    """Every file below `path` (recursively), as paths relative to it with `/`, sorted."""
+    import pyarrow.fs
+
+    fs, p = _fs(path)
+    p = p.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(p) + 1:] for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
 # --- trials ---------------------------------------------------------------------------------------------
@@ -376,8 +415,8 @@ def _user() -> str:
 
 
 __all__ = [
-    "BEST_CONFIG", "BEST_MODEL", "ExperimentLock", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
-    "TrialRecord", "delete_dir", "exists", "is_dir", "join", "local_path", "lock_path", "parse_result_rows",
+    "BEST_CONFIG", "BEST_MODEL", "COMPATIBLE_FORMATS", "ExperimentLock", "FORMAT_VERSION", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
+    "TrialRecord", "check_format", "delete_dir", "exists", "is_dir", "join", "list_files", "local_path", "lock_path", "parse_result_rows",
     "planned_epochs", "read_bytes", "read_json", "read_text", "read_trials", "rows_by_epoch", "status_counts", "storage_root",
-    "trial_status", "write_bytes", "write_json", "write_text",
+    "trial_status", "versions", "write_bytes", "write_json", "write_text",
 ]

@@ -1,5 +1,12 @@
-"""Driver-side pieces of a Tune run that Tune pickles with the experiment (so they live in a module): the
-progress line and the trial folder names.
+"""Driver-side pieces of a Tune run that Tune pickles with the experiment: the progress line, the trial folder
+names, and `rebuild`, the name of the project that Tune's saved state refers to (with
+`tuning.ray_compat.rebuild_optuna_search` for the searcher, `tuning.tuner.rebuild_search_alg` for its wrappers).
+
+Tune pickles its run config (callbacks), the trial name function and the searcher into `tuner.pkl` when a search
+starts, and unpickles them on `--resume`. Pickled by class, a rename in a later version would make every older
+experiment unreadable ("Can't get attribute ..."). So each such object pickles as `rebuild(kind, plain values)`:
+the classes may change and move freely; `rebuild` and its kinds stay, and a change to them raises
+`tuning.experiment.FORMAT_VERSION`.
 
 Importing this module imports Ray: `tuning.run` imports it only after deciding how Ray binds.
 """
@@ -10,6 +17,17 @@ import time
 
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
+
+
+def rebuild(kind: str, values: dict):
+    """The object that `kind` and its plain `values` stand for in Tune's pickled state (see the module docstring)."""
+    if kind == "progress_line":
+        return ProgressLine(**values)
+    if kind == "no_tune_tensorboard":
+        return NoTuneTensorBoard()
+    if kind == "trial_dirname":
+        return trial_dirname
+    raise ValueError(f"unknown kind {kind!r} in Tune's saved state (written by another version of multivae-tune)")
 
 
 class NoTuneTensorBoard(TBXLoggerCallback):
@@ -25,6 +43,9 @@ class NoTuneTensorBoard(TBXLoggerCallback):
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         return None
+
+    def __reduce__(self):
+        return rebuild, ("no_tune_tensorboard", {})
 
 
 def _clock(seconds: float) -> str:
@@ -42,6 +63,9 @@ class ProgressLine(tune.Callback):
         self.start: float | None = None
         self.numbers: dict[str, int] = {}
         self.ended: set[str] = set()
+
+    def __reduce__(self):   # Tune pickles it before the search starts: the settings are all there is
+        return rebuild, ("progress_line", {"metric": self.metric, "max_t": self.max_t, "num_samples": self.num_samples})
 
     def _eta(self) -> str:
         if self.start is None:
@@ -106,7 +130,16 @@ def trial_number(trial) -> int | None:
     return int(number) if number.isdigit() else None
 
 
-def trial_dirname(trial) -> str:
-    """`trial_0003_1a2b3c4d`: the trial's number (`trial_number`) and its id. The progress line shows the same number."""
-    number = trial_number(trial)
-    return f"trial_{number:04d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
+class TrialDirname:
+    """`trial_0003_1a2b3c4d`: the trial's number (`trial_number`) and its id. The progress line shows the same
+    number. (An object rather than a function so that it pickles as `rebuild("trial_dirname")`.)"""
+
+    def __call__(self, trial) -> str:
+        number = trial_number(trial)
+        return f"trial_{number:04d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
+
+    def __reduce__(self):
+        return rebuild, ("trial_dirname", {})
+
+
+trial_dirname = TrialDirname()

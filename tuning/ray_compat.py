@@ -7,6 +7,7 @@ silent change). `TESTED_RAY_VERSIONS` is what `pyproject.toml` pins and what the
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 TESTED_RAY_VERSIONS = ("2.60.0",)
+TUNER_STATE = "tuner.pkl"   # what `Tuner(...)` writes into the experiment folder when it is made (and only then)
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,46 @@ def install_driver_fixes() -> None:
     """The driver-side corrections of Tune's controller, installed (once per process) before a search runs."""
     drop_stale_trial_decisions_on_resume()
     record_stops_of_dead_workers()
+    call_after_experiment_saves()
+
+
+_after_save: list[Any] = []   # the function `after_experiment_saves` set, called with Ray's driver staging folder
+
+
+def after_experiment_saves(fn: Any) -> None:
+    """Call `fn(staging_folder)` each time Tune has written a snapshot of the experiment into its driver staging
+    folder, before it uploads it to the storage (None: stop)."""
+    _after_save[:] = [fn] if fn is not None else []
+
+
+def call_after_experiment_saves() -> None:
+    """Tune writes its state (`experiment_state-*.json`, the searcher's and callbacks' pickles) into the driver's
+    staging folder (`TuneController.save_to_dir`) and then uploads that folder to the storage from a thread; no
+    public hook runs in between. This calls the function of `after_experiment_saves` there, once the upload of
+    the previous snapshot has finished (so the storage holds one snapshot, not a mix): tuning.signing signs the
+    new files before they reach the storage."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.save_to_dir
+    if getattr(original, "_calls_after_save", False):
+        return
+
+    def save_to_dir(self, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        if _after_save:
+            try:
+                self._storage.syncer.wait()
+            except Exception:  # noqa: BLE001 - Ray logs a failed upload itself; the next one retries
+                pass
+            try:
+                _after_save[0](self._storage.experiment_driver_staging_path)
+            except Exception as exc:  # noqa: BLE001 - the search goes on; the next snapshot signs again
+                log.warning("could not sign the experiment's saved state: %s", exc)
+        return out
+
+    save_to_dir._calls_after_save = True
+    save_to_dir.__wrapped__ = original
+    TuneController.save_to_dir = save_to_dir
 
 
 def drop_stale_trial_decisions_on_resume() -> None:
@@ -186,6 +228,58 @@ def check_snapshot(exp_path: str) -> None:
                         f"{exp_path}` lists the trials; `--resume --finalize` tests the best of them") from None
 
 
+def _newest(files: list[str], pattern: str) -> str | None:
+    found = sorted(f for f in files if "/" not in f and fnmatch.fnmatchcase(f, pattern))
+    return found[-1] if found else None   # Ray takes the greatest name too (`_load_newest_checkpoint`)
+
+
+def check_state_readable(exp_path: str, *, searcher_saved: bool) -> None:
+    """Refuse to resume when a state file that `Tuner.restore` reads cannot be read whole: Ray 2.60 logs "Failed to
+    restore the run state" and starts the experiment again, and its new trials lack the space's fixed settings
+    (the searcher's copy of the param space is in the unreadable file). Each file is loaded here as Ray loads it;
+    call this only on files whose signatures `tuning.signing.verify` accepted (or that --trust-storage vouches
+    for): loading a pickle runs code. `searcher_saved`: the searcher saves its state (all but PBT's)."""
+    import ray.cloudpickle as cloudpickle
+    from ray._common.utils import hex_to_binary
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    from multivae.errors import UserError
+    from tuning import experiment
+
+    files = experiment.list_files(exp_path)
+    wanted = [(TUNER_STATE, "the Tuner"), ("experiment_state-*.json", "the trials")]
+    if searcher_saved:
+        wanted += [("search_gen_state-*.json", "the search generator"), ("searcher-state-*.pkl", "the searcher")]
+    wanted += [("basic-variant-state-*.json", "the search generator"), ("callback-states-*.pkl", "the callbacks")]
+    for pattern, what in wanted:
+        name = _newest(files, pattern)
+        if name is None:
+            if pattern.startswith(("basic-variant", "callback-states")):
+                continue   # optional: PBT's generator and the callbacks save only when they have state
+            raise UserError(f"{experiment.join(exp_path, pattern)}: no such file, so Tune would resume without the state "
+                            f"of {what} (a search half restored); nothing was loaded")
+        path = experiment.join(exp_path, name)
+        try:
+            data = experiment.read_bytes(path)
+            if name.startswith("experiment_state-"):
+                state = _loads_with_cloudpickle(data)
+                for trial_json, _runtime in state["trial_data"]:
+                    trial = _loads_with_cloudpickle(trial_json)
+                    for key in Trial._nonjson_fields:
+                        if key in trial:
+                            cloudpickle.loads(hex_to_binary(trial[key]))
+            else:
+                state = cloudpickle.loads(data)
+                if name.startswith("search_gen_state-") and not (isinstance(state, dict) and "experiment" in state):
+                    raise TypeError(f"not a search generator's state ({type(state).__name__})")
+        except Exception as exc:  # noqa: BLE001 - a truncated pickle, a class that is gone, a damaged layout
+            first = (str(exc).splitlines() or [""])[0][:160]
+            raise UserError(f"{path}: Tune's saved state of {what} cannot be read ({exc.__class__.__name__}: {first}); "
+                            f"resuming would restart the search beside the old trials, so nothing was loaded. `python -m "
+                            f"tuning.report {exp_path}` lists the trials; `--resume --finalize` tests the best") from None
+
+
 def quiet_checkpoint_logs() -> None:
     """Inside a trial: Ray 2.60 logs an INFO line per checkpoint upload from `ray.train._internal.storage`."""
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -249,10 +343,20 @@ def set_stale_decision_in_snapshot(exp_path: Path, trial_id: str, decision: str 
 
 
 __all__ = [
-    "TESTED_RAY_VERSIONS", "check_ray_version", "check_snapshot", "optuna_search_class", "quiet_checkpoint_logs", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
-    "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
+    "TESTED_RAY_VERSIONS", "TUNER_STATE", "after_experiment_saves", "call_after_experiment_saves", "check_ray_version",
+    "check_snapshot", "check_state_readable", "optuna_search_class", "quiet_checkpoint_logs", "drop_stale_trial_decisions_on_resume", "install_driver_fixes",
+    "rebuild_optuna_search", "record_stops_of_dead_workers", "refill_asha_rungs", "restored_scheduler", "rung_records",
     "set_stale_decision_in_snapshot", "snapshot_trial_states", "trial_working_dir",
 ]
+
+
+def rebuild_optuna_search(state: dict) -> Any:
+    """`optuna_search_class()`'s searcher with this saved instance state: what Tune's pickled state refers to
+    (a name kept stable, like `tuning.progress.rebuild`; changing it raises `tuning.experiment.FORMAT_VERSION`)."""
+    cls = optuna_search_class()
+    searcher = cls.__new__(cls)
+    searcher.__dict__.update(state)
+    return searcher
 
 
 def optuna_search_class():
@@ -273,6 +377,10 @@ def optuna_search_class():
             super().__init__(*args, **kwargs)
             self._objective, self._planned = objective, planned_epochs
             self._best: dict[str, float] = {}
+
+        def __reduce__(self):
+            # pickled (tuner.pkl) as its state, rebuilt on the class this version builds: never by this code
+            return rebuild_optuna_search, (self.__dict__.copy(),)
 
         def suggest(self, trial_id: str):
             config = super().suggest(trial_id)

@@ -6,9 +6,10 @@ the weak early), then test the best trial once.
     python -m tuning.run --name ml1m-a --resume [--retry-errored]            # continue an interrupted run
 
 The steps, each in its module: the space and the flags (`tuning.space`); the experiment's lock, so one run
-at a time writes it (`tuning.experiment`); the dataset, loaded once here in the driver; Ray and the Tuner
-(`tuning.tuner`), the trials (`tuning.trainable`); the best trial tested once and the results written
-(`tuning.finalize`). `python -m tuning.report` and `tensorboard --logdir <storage>/<name>` show the trials.
+at a time writes it (`tuning.experiment`); on --resume, the experiment's format version and the signatures of
+the Tune state it would unpickle (`tuning.signing`, docs/security.md); the dataset, loaded once here in the
+driver; Ray and the Tuner (`tuning.tuner`), the trials (`tuning.trainable`); the best trial tested once and
+the results written (`tuning.finalize`). `python -m tuning.report` and `tensorboard --logdir <storage>/<name>` show the trials.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def _parser() -> ArgParser:
     o.add_argument("--finalize", action="store_true", help="with --resume: run no more trials; test the best trial so "
                    "far on the test users and write results.json (for a search stopped early)")
     o.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun errored trials from their last checkpoint")
+    o.add_argument("--trust-storage", action="store_true", help="with --resume: load Tune's pickled state without checking its "
+                   "signatures (a colleague's search you reviewed, see docs/security.md), and sign it with your key")
     o.add_argument("--overwrite", action="store_true", help="delete an existing experiment of that name first")
     o.add_argument("--quiet", action="store_true", help="no progress lines, no trial logs, no INFO or WARNING lines of Ray")
     return p
@@ -88,6 +91,8 @@ def _check_args(args) -> None:
         raise UserError("--finalize only applies with --resume (it tests the best trial of an existing experiment)")
     if args.retry_errored and not args.resume:
         raise UserError("--retry-errored only applies with --resume")
+    if args.trust_storage and not args.resume:
+        raise UserError("--trust-storage only applies with --resume")
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name (the experiment to continue)")
@@ -185,7 +190,8 @@ def plan_run(args) -> Plan:
 
     root = experiment.storage_root(args.storage)
     check_storage(root)
-    if args.resume:
+    if args.resume:   # a live run is still writing the state the checks below read: say that first
+        experiment.ExperimentLock(root, args.name).refuse_if_live()
         plan = _plan_resume(args, root, args.name, experiment.join(root, args.name))
     else:
         space = with_overrides(load_space(args.space or "default"), **_overrides(args))
@@ -207,7 +213,8 @@ def plan_run(args) -> Plan:
             study_storage = open_optuna_storage(args.optuna_storage, name, overwrite=args.overwrite)
         meta = {"space": space.name, "space_source": str(space.source), "overrides": _overrides(args),
                 "optuna_storage": args.optuna_storage, "max_failures": args.max_failures,
-                "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "argv": list(sys.argv[1:] if args.argv is None else args.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **experiment.versions()}
         plan = Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name), study_storage, replace)
     plan.lock.refuse_if_live()   # a live run: refused before the data is read (`take_lock` takes it for real later)
     return plan
@@ -228,19 +235,21 @@ def take_lock(plan: Plan, args) -> None:
 def _plan_resume(args, root: str, name: str, exp_path: str) -> Plan:
     from ray import tune
 
+    from tuning import ray_compat, signing
     from tuning.space import load_space, with_overrides
 
     if not experiment.exists(experiment.join(exp_path, RUN_META)):
         raise UserError(f"{exp_path}: no experiment to resume there (no {RUN_META})")
-    if not tune.Tuner.can_restore(exp_path):
-        raise UserError(f"{exp_path}: the search never started there (no Tune state to resume); start it again with --overwrite")
-    if not args.finalize:
-        from tuning.ray_compat import check_snapshot
-
-        check_snapshot(exp_path)
     meta = experiment.read_json(experiment.join(exp_path, RUN_META), "the run's metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("overrides"), dict) or not isinstance(meta.get("space"), str):
         raise UserError(f"{experiment.join(exp_path, RUN_META)}: not the run metadata tuning.run writes (keys space, overrides)")
+    experiment.check_format(meta, exp_path)   # before anything of Tune's is read
+    if not tune.Tuner.can_restore(exp_path):
+        raise UserError(f"{exp_path}: the search never started there (no Tune state to resume); start it again with --overwrite")
+    if not args.finalize:   # --finalize reads result rows and weights-only checkpoints: no pickle
+        ray_compat.check_snapshot(exp_path)
+        if not args.trust_storage:
+            signing.verify(exp_path)   # nothing of Tune's is unpickled before this
     space_file = experiment.join(exp_path, SPACE_COPY)
     if "://" in space_file:   # load_space reads local files
         local = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{SPACE_COPY}"
@@ -248,6 +257,8 @@ def _plan_resume(args, root: str, name: str, exp_path: str) -> Plan:
         space_file = str(local)
     overrides = {**meta["overrides"], **({"data_dir": args.data_dir} if args.data_dir else {})}
     space = dataclasses.replace(with_overrides(load_space(space_file), **overrides), name=meta["space"])
+    if not args.finalize:
+        ray_compat.check_state_readable(exp_path, searcher_saved=space.scheduler.type != "pbt")
     check_local_resources(space, args)
     return Plan(space, name, root, exp_path, meta, experiment.ExperimentLock(root, name))   # OptunaSearch comes back with its study
 
@@ -288,11 +299,17 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
     """Start or join Ray, record the run, run (or resume) the search; its wall time."""
     import ray
 
-    from tuning import ray_compat, tuner
+    from tuning import ray_compat, signing, tuner
 
     space = plan.space
     if args.finalize:   # no more trials: the results are read from the experiment's files, without Ray
         return 0.0
+    staging: list[str] = []   # Ray's driver staging folder, once a snapshot was saved
+
+    def sign_saved(folder: str) -> None:
+        staging[:] = [folder]
+        signing.sign(plan.exp_path, staging=folder)
+
     started_ray = tuner.start_ray(cluster_address(args), args.num_cpus, args.quiet)
     if term is not None:
         term.install()   # again: ray.init installs a C++ handler of its own that dies on SIGTERM
@@ -325,20 +342,29 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
         ray_compat.check_ray_version()
         ray_compat.install_driver_fixes()
         if args.resume:
+            if args.trust_storage:   # reviewed and readable (`_plan_resume`): from now on, this user's
+                signing.sign(plan.exp_path, everything=True)
             t = tuner.restored_tuner(space, split, plan.exp_path, retry_errored=args.retry_errored)
         else:
             t = tuner.new_tuner(space, split, name=plan.name, root=plan.root, max_failures=args.max_failures, quiet=args.quiet,
                                 callbacks=callbacks, optuna_storage=plan.study_storage)
+            signing.sign(plan.exp_path, trusted=[ray_compat.TUNER_STATE])   # written just now, by this driver
+        ray_compat.after_experiment_saves(sign_saved)   # each snapshot Tune saves is signed before it is uploaded
         t0 = time.perf_counter()
-        t.fit()
+        try:
+            t.fit()
+        finally:
+            ray_compat.after_experiment_saves(None)
+            signing.sign(plan.exp_path, staging=staging[0] if staging else None)
         return time.perf_counter() - t0
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
-    """The CLI. `callbacks`: extra `ray.tune.Callback`s for a new experiment (for embedding and tests)."""
+def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = (), planned: list | None = None) -> int:
+    """The CLI. `callbacks`: extra `ray.tune.Callback`s for a new experiment (for embedding and tests); `planned`:
+    a list that receives the experiment's path once it is settled (what `tuning.search` returns)."""
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
@@ -350,6 +376,8 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) ->
     from tuning.finalize import finalize
 
     plan = plan_run(args)
+    if planned is not None:
+        planned.append(plan.exp_path)
     term = TerminationAsInterrupt()
     try:
         with term:

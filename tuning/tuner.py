@@ -103,8 +103,21 @@ def plain_trial_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: decode_value(k, v) for k, v in plain_config(config).items()}
 
 
+def rebuild_search_alg(kind: str, state: dict) -> Any:
+    """The search algorithm `kind` with this saved instance state, on the class of this version: what Tune's
+    pickled state (tuner.pkl) refers to instead of the classes below, so they can be renamed or moved (a name kept
+    stable, like `tuning.progress.rebuild`; changing it raises `tuning.experiment.FORMAT_VERSION`)."""
+    cls = {"plain_configs": PlainConfigs, "plain_variants": PlainVariants}[kind]
+    alg = cls.__new__(cls)
+    alg.__dict__.update(state)
+    return alg
+
+
 class PlainConfigs(ConcurrencyLimiter):
     """Ray's ConcurrencyLimiter around Optuna or TuneBOHB, handing Tune each suggestion with plain values."""
+
+    def __reduce__(self):
+        return rebuild_search_alg, ("plain_configs", self.__dict__.copy())
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -114,6 +127,9 @@ class PlainConfigs(ConcurrencyLimiter):
 class PlainVariants(BasicVariantGenerator):
     """Tune's random sampler (PBT's population), handing Tune each new trial with plain values. It samples the
     JSON text of list choices: Tune cannot take a list in `points_to_evaluate`."""
+
+    def __reduce__(self):
+        return rebuild_search_alg, ("plain_variants", self.__dict__.copy())
 
     def next_trial(self):
         trial = super().next_trial()
@@ -225,7 +241,9 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     config and the trials come back from the experiment folder; only the trainable (and with it the dataset)
     is given again. ASHA's rungs, which Ray does not save, are rebuilt from the trials' results."""
     try:
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored)
+        # the space's fixed settings (and PBT's domains) given again: no trial runs without them
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(space, split), resume_errored=retry_errored,
+                                   param_space=param_space(space))
     except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:   # a damaged tuner.pkl or experiment state
         raise UserError(f"{exp_path}: Tune's saved state of this experiment cannot be read ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); its trials' results are still there: "
@@ -244,5 +262,5 @@ def restored_tuner(space: SearchSpace, split, exp_path: str, *, retry_errored: b
     return tuner
 
 
-__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
+__all__ = ["PlainConfigs", "PlainVariants", "check_cluster_resources", "rebuild_search_alg", "clip_to_space", "create_study", "new_tuner", "open_optuna_storage", "param_space",
            "plain_trial_config", "restored_tuner", "start_ray", "tune_domain"]

@@ -15,7 +15,7 @@ from ray import tune
 
 from multivae.errors import run_cli
 from tests.tuning.helpers import result_rows, trial_dirs
-from tuning import experiment, ray_compat, run
+from tuning import experiment, ray_compat, run, signing
 from tuning.experiment import ExperimentLock, read_trials, trial_status
 
 REPO = Path(__file__).absolute().parents[2]
@@ -120,7 +120,7 @@ def test_a_second_run_or_overwrite_of_a_live_experiment_is_refused_and_touches_n
     exp = tmp_path / "live"
     if extra:   # what a live run has written so far: its metadata, its space, Tune's first snapshot
         exp.mkdir()
-        (exp / experiment.RUN_META).write_text(json.dumps({"space": "smoke", "overrides": {}}))
+        (exp / experiment.RUN_META).write_text(json.dumps({"space": "smoke", "overrides": {}, **experiment.versions()}))
         (exp / experiment.SPACE_COPY).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
         (exp / "tuner.pkl").write_bytes(b"")
         (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}}))
@@ -180,6 +180,7 @@ def _interrupted_with_stale_stop(tmp_path: Path, scheduler: str) -> tuple[list[s
     exp = storage / "stale"
     assert max(r["epoch"] for r in result_rows(trial_dirs(exp)[0])) < EPOCHS
     ray_compat.set_stale_decision_in_snapshot(exp, trial_id, "STOP")
+    signing.sign(str(exp), everything=True)   # as Ray's own snapshot with that decision would be signed
     return ["--resume", "--retry-errored", "--name", "stale", "--storage", str(storage), "--cache-dir", str(cache), "--quiet"], exp, trial_id
 
 

@@ -198,6 +198,7 @@ def test_refuses_an_existing_experiment_without_resume(smoke_experiment, capsys)
     (["--resume", "--name", "nothing-here"], "no experiment to resume"),
     (["--resume", "--name", "x", "--num-samples", "3"], "--num-samples cannot change on --resume"),
     (["--resume", "--overwrite", "--name", "x"], "exclude each other"),
+    (["--trust-storage", "--name", "x"], "--trust-storage only applies with --resume"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
 ])
 def test_bad_combinations_are_one_line_errors(tmp_path, capsys, argv, needle):
