@@ -14,9 +14,7 @@ folder to another machine) keeps recommendations working.
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from multivae.checkpoint import check_weights, read_torch_file
+from multivae.checkpoint import CHECKPOINT_NAME, check_weights, read_torch_file
 from multivae.config import from_dict, to_dict
 from multivae.errors import UserError, short_repr
-from multivae.files import atomic_write_bytes, atomic_write_json, current_umask
+from multivae.files import atomic_write_bytes, atomic_write_json, staging_dir, swap_into_place
 from multivae.model import ModelConfig, build_model
 
 FORMAT = "multivae-model"
@@ -39,6 +37,9 @@ WEIGHTS = "weights.pt"
 INTERACTIONS = "interactions.npz"
 # Where a model folder sits inside the folders users point at: a train run, a search experiment.
 MODEL_SUBDIRS = ("model", "best_model")
+RUN_METRICS = "metrics.json"   # a train run's summary, beside its checkpoint.pt and model/
+# Files that mark a folder as a model folder or a run: no output of another command is written inside one.
+OWNED_MARKERS = (MODEL_JSON, WEIGHTS, INTERACTIONS, CHECKPOINT_NAME, RUN_METRICS)
 
 
 @dataclass
@@ -103,9 +104,7 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
             "train_config": dict(train_config) if train_config is not None else None,
             "metrics": dict(metrics or {}), "command": command, "multivae_version": _version(), **dict(extra or {})}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700; the folder is meant to be shared like any other output
+    tmp = staging_dir(path)
     try:
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -115,22 +114,11 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
                             indices=rows.indices.astype(np.int32))
         atomic_write_bytes(tmp / INTERACTIONS, buf.getvalue())
         atomic_write_json(tmp / MODEL_JSON, meta)    # last: a folder with model.json is complete
-        _swap_into_place(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _swap_into_place(new: Path, path: Path) -> None:
-    """Rename `new` to `path`; an old folder there is moved aside first and removed only afterwards."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(new, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _version() -> str:
@@ -157,6 +145,15 @@ def find_model_dir(path: str | Path) -> Path | None:
     for sub in MODEL_SUBDIRS:
         if (path / sub / MODEL_JSON).is_file():
             return path / sub
+    return None
+
+
+def enclosing_model_or_run(path: str | Path) -> Path | None:
+    """The model folder, train run or search experiment that `path` (a file to write) would land in: the
+    nearest parent holding one of `OWNED_MARKERS` or a model folder (`find_model_dir`); None when there is none."""
+    for parent in Path(path).expanduser().absolute().parents:
+        if any((parent / m).exists() for m in OWNED_MARKERS) or find_model_dir(parent) is not None:
+            return parent
     return None
 
 

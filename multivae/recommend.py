@@ -299,7 +299,8 @@ def _parser() -> ArgParser:
     p.add_argument("-k", type=int, default=10, help="how many items per user (default 10; fewer when the catalogue runs out)")
     p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's extension, else table)")
     p.add_argument("--json", action="store_true", help="same as --format json")
-    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of printing")
+    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of printing; never inside a model folder or a run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--titles", metavar="FILE", help="titles table (u.item, movies.dat, movies.csv, or CSV/Parquet with "
                    "item,title[,genres]); default: the MovieLens metadata next to the model's ratings file, when there")
     p.add_argument("--batch-size", type=int, default=2000, help="users scored per forward pass (default 2000)")
@@ -324,6 +325,31 @@ def _output_format(args: Any) -> str:
     return fmt
 
 
+def output_lock(out: Path, overwrite: bool):
+    """The checks of `--out FILE`, before any work: not a folder, not inside a model folder or a run (whose files
+    `recommend` reads), not an existing file unless `--overwrite`, writable, and no other writer at it. Returns
+    its `WriterLock`, taken for the write."""
+    from multivae.artifact import enclosing_model_or_run
+    from multivae.files import WriterLock, check_writable_dir, lock_beside
+
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory, expected a file name")
+    owner = enclosing_model_or_run(out)
+    if owner is not None:
+        raise UserError(f"--out {out}: is inside the model folder or run {owner}; write recommendations somewhere else")
+    refuse_existing(out, overwrite)
+    check_writable_dir(out.parent, "--out")
+    lock = WriterLock(lock_beside(out), out, "another multivae.recommend is writing this file",
+                      "wait for it to finish, or use another --out")
+    lock.refuse_if_live()
+    return lock
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise UserError(f"--out {out}: the file exists; pass --overwrite to replace it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.k < 1:
@@ -331,13 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     fmt = _output_format(args)
-    if args.out:
-        from multivae.files import check_writable_dir
-
-        out = Path(args.out)
-        if out.is_dir():
-            raise UserError(f"--out {out}: is a directory, expected a file name")
-        check_writable_dir(out.parent, "--out")
+    lock = output_lock(Path(args.out), args.overwrite) if args.out else None
     from multivae.training import resolve_device
 
     rec = load(args.checkpoint, titles=args.titles, device=str(resolve_device(args.device)))
@@ -356,10 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = render(recs, fmt)
     if fmt == "csv":
         print(f"score = {recs.attrs['score']}", file=sys.stderr)
-    if args.out:
+    if lock is not None:
         from multivae.files import atomic_write_bytes
 
-        atomic_write_bytes(args.out, data)
+        with lock:
+            refuse_existing(Path(args.out), args.overwrite)   # again, under the lock: another run may have written it
+            atomic_write_bytes(args.out, data)
         print(f"wrote {len(recs):,} recommendations for {recs['user'].nunique():,} users to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(data.decode())

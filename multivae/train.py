@@ -8,7 +8,8 @@
 
 Writes `<out>/checkpoint.pt` (latest state + best-by-validation weights), `<out>/metrics.json` (the settings
 really used, split statistics, validation curve, test metrics of the best model, time per epoch) and
-`<out>/model/`, the self-contained model folder `multivae.recommend` reads (`multivae.artifact`).
+`<out>/model/`, the self-contained model folder `multivae.recommend` reads (`multivae.artifact`). One run
+writes a folder at a time (`RunFolder`): a second one is refused; `--overwrite` swaps the new run in whole.
 
 Settings come from, in rising priority: the defaults, `--config FILE.yaml` (sections `model`, `train`,
 `dataset`), the flags given on the command line. On `--resume` the checkpoint's settings win: a flag that
@@ -22,16 +23,18 @@ import argparse
 import dataclasses
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from multivae.allocator import MALLOC_MODES
+from multivae.artifact import RUN_METRICS
 from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
-from multivae.files import atomic_write_json, check_writable_dir
+from multivae.files import WriterLock, atomic_write_json, check_writable_dir, lock_beside, remove_stale_staging, staging_dir, swap_into_place
 from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
@@ -40,6 +43,9 @@ from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, 
                                save_state)
 
 MODEL_DIR = "model"
+METRICS_NAME = RUN_METRICS
+# What a run folder holds; --overwrite replaces exactly these, and refuses a folder with anything else in it.
+RUN_ENTRIES = (CHECKPOINT_NAME, METRICS_NAME, MODEL_DIR, "beta_sweep", "retrain")
 # flag dest -> ModelConfig / TrainConfig key (the flags that set a config field)
 MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hidden_dims", "latent_dim": "latent_dim",
                "dropout": "dropout", "no_normalize": "normalize_input"}
@@ -120,7 +126,7 @@ def _parser() -> ArgParser:
     o = p.add_argument_group("output")
     o.add_argument("--out", default="runs/train", help="output directory (default runs/train)")
     o.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt with its settings")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out as a whole (written beside it, swapped in at the end)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -354,7 +360,82 @@ def train_one(split, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, resume
     return state
 
 
+class RunFolder:
+    """The `--out` folder of one run, with one writer at a time: a second `multivae.train` into it is refused
+    with one line naming the folder and the holder of its `WriterLock` (`.<out>.lock` beside it). With
+    `--overwrite`, the new run is written in a sibling folder and swapped in whole once complete (`commit`),
+    so the folder always holds exactly one run; a failed or interrupted run leaves the old one as it was."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        self.lock: WriterLock | None = None
+        self.staging: Path | None = None
+
+    def open(self, out: Path, *, resume: bool, overwrite: bool) -> None:
+        """Refuse, writing nothing, when a live writer holds the folder or the run there does not fit the flags."""
+        self.out, self.resume, self.overwrite = out, resume, overwrite
+        self.lock = WriterLock(lock_beside(out), out, "another multivae.train is writing this run folder",
+                               "wait for it to finish, or use another --out")
+        self.lock.refuse_if_live()
+        self.check()
+
+    def check(self) -> bool:
+        """Whether a run is there to replace (--overwrite); refuses a run the flags do not allow for."""
+        out = self.out
+        assert out is not None
+        if (out / CHECKPOINT_NAME).exists() or (out / METRICS_NAME).exists():
+            if not (self.resume or self.overwrite):
+                raise UserError(f"{out}: a run already exists there; pass --resume to continue it or --overwrite to replace it")
+            if self.overwrite:
+                others = sorted(p.name for p in out.iterdir() if not _run_entry(p.name))
+                if others:
+                    raise UserError(f"{out}: holds {', '.join(others[:5])}, which are not part of a run; --overwrite replaces "
+                                    "the run folder as a whole: move them away, or use another --out")
+                return True
+        elif self.resume and not (out / "beta_sweep" / CHECKPOINT_NAME).exists():
+            raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
+        return False
+
+    def begin(self) -> Path:
+        """Take the lock (every input is good by now) and return the folder to write the run in."""
+        assert self.out is not None and self.lock is not None
+        self.lock.acquire()
+        remove_stale_staging(self.out)   # what a killed --overwrite left beside the folder
+        if self.check():   # again, under the lock: another run may have finished there meanwhile
+            self.staging = staging_dir(self.out)
+            return self.staging
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self.out
+
+    def commit(self) -> None:
+        if self.staging is not None:
+            swap_into_place(self.staging, self.out)
+            self.staging = None
+
+    def close(self) -> None:
+        """Whatever happened: a replacement not committed is removed, and the lock released."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _run_entry(name: str) -> bool:
+    """Whether a folder entry is part of a run: its files and folders, or their temporary names while written."""
+    return name in RUN_ENTRIES or any(name.startswith(f".{e}.") for e in RUN_ENTRIES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: one run into --out, which nobody else writes meanwhile."""
+    folder = RunFolder()
+    try:
+        return _main(argv, folder)
+    finally:
+        folder.close()
+
+
+def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
     from multivae.data import load_dataset
     from multivae.data.given import metric_preset, retrain_split
     from multivae.ease import DEFAULT_GRID, ease_baseline
@@ -368,13 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     out = Path(args.out)
-    metrics_path = out / "metrics.json"
+    metrics_path = out / METRICS_NAME
     check_writable_dir(out, "--out")
-    if (out / CHECKPOINT_NAME).exists() or metrics_path.exists():
-        if not (args.resume or args.overwrite):
-            raise UserError(f"{out}: a run already exists there; pass --resume to continue it or --overwrite to replace it")
-    elif args.resume and not (out / "beta_sweep" / CHECKPOINT_NAME).exists():
-        raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
+    folder.open(out, resume=args.resume, overwrite=args.overwrite)   # a live writer, a run there: refused now
 
     # Every setting is checked before the data is read and before --out is created: a bad value writes nothing.
     file = read_config_file(args.config) if args.config else {}
@@ -422,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from multivae.ease import check_memory
 
         check_memory(split.n_items, args.ease_dtype)   # a refusal now, before --out exists, not after it is made
-    out.mkdir(parents=True, exist_ok=True)
+    work = folder.begin()   # the lock; with --overwrite, the sibling folder the new run is written in
     command = "python -m multivae.train " + shlex.join(argv)
     report: dict[str, Any] = {"dataset": to_dict(data_cfg), "split": stats, "command": command, "resumed": bool(args.resume)}
     extra = {"split_path": split.info.get("cache_path"), "dataset": to_dict(data_cfg), "source_path": split.info.get("source_path"),
@@ -455,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sweep = restore_state(out / "beta_sweep" / CHECKPOINT_NAME, n_items=split.n_items, item_ids=split.item_ids)
                 sweep_cfg = sweep.train_config
             else:
-                sweep = train_one(split, model_cfg, sweep_cfg, out / "beta_sweep",
+                sweep = train_one(split, model_cfg, sweep_cfg, work / "beta_sweep",
                                   args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
             value = float(sweep.best["kl_weight"])
             print(f"beta* = {value:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
@@ -464,14 +541,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume = args.resume and (out / CHECKPOINT_NAME).exists()
         else:
             resume = args.resume
-        state = train_one(split, model_cfg, cfg, out, resume, args.quiet, args.checkpoint_every, extra)
+        state = train_one(split, model_cfg, cfg, work, resume, args.quiet, args.checkpoint_every, extra)
         model = best_model(state)
         if split.info.get("retrain") == "train+valid":
             # The chosen epochs again on train + valid; its validation rows are now training data, so the last
             # epoch's model is tested, not the best-by-validation one.
             epochs = int(state.best["epoch"])
             print(f"retraining on train + valid for {epochs} epochs (the best validation epoch)", file=sys.stderr)
-            again = train_one(retrain_split(split), model_cfg, dataclasses.replace(cfg, epochs=epochs), out / "retrain",
+            again = train_one(retrain_split(split), model_cfg, dataclasses.replace(cfg, epochs=epochs), work / "retrain",
                               False, args.quiet, args.checkpoint_every, extra)
             model = again.model.eval()
             report["retrain"] = {"on": "train+valid", "epochs": epochs}
@@ -491,15 +568,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report |= evaluate_on_split(model_scorer(model), split, cfg.metrics, cfg.eval_batch_size, device)
         from multivae.artifact import known_from_split, save_model_dir
 
-        save_model_dir(out / MODEL_DIR, model, model_cfg, split.item_ids, known_from_split(split),
+        save_model_dir(work / MODEL_DIR, model, model_cfg, split.item_ids, known_from_split(split),
                        metrics={"val": report["val"], "test": report["test"], "best": state.best, "epochs": state.epoch},
                        command=command, dataset=to_dict(data_cfg), source_path=split.info.get("source_path"),
                        train_config=to_dict(cfg))
         report["model_dir"] = str(out / MODEL_DIR)
     try:
-        atomic_write_json(metrics_path, report)
+        atomic_write_json(work / METRICS_NAME, report)
     except OSError as exc:
         raise UserError(f"{metrics_path}: cannot write ({exc.strerror or exc})") from None
+    folder.commit()   # --overwrite: the new run takes the old one's place, whole
     val, test = report["val"], report["test"]
     print(f"{'':>8} " + " ".join(f"{m:>12}" for m in metrics))
     shown = [("val", val), ("test", test)] + ([("pop test", report["popularity"]["test"])] if "popularity" in report else [])

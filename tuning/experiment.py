@@ -10,20 +10,17 @@ and classify them only through `trial_status`.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import math
 import os
 import re
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from multivae.errors import UserError
-from multivae.files import atomic_write_bytes, atomic_write_text, dumps_json
+from multivae.files import WriterLock, atomic_write_bytes, dumps_json
 
 RUN_META = "tuning_run.json"          # how the run was started; --resume reads it back
 SPACE_COPY = "search_space.yaml"      # the space file as it was when the run started
@@ -336,82 +333,14 @@ def lock_path(root: str, name: str) -> Path:
     return base / f"{key}.lock"
 
 
-class ExperimentLock:
-    """An exclusive lock on one experiment, held by the driver from before it writes anything until it exits.
-
-    The lock is the operating system's (`filelock`: flock on POSIX), so it is released the moment its holder
-    dies, whatever kills it: a lock left by a dead driver is simply taken over. Beside it, `<lock>.json` says
-    who holds it, for the error message of a refused second run."""
+class ExperimentLock(WriterLock):
+    """The experiment's `multivae.files.WriterLock`, held by the driver from before it writes anything until
+    it exits; a second run is refused with one line naming the experiment and the holder."""
 
     def __init__(self, root: str, name: str) -> None:
-        from filelock import FileLock
-
-        self.path = lock_path(root, name)
-        self.info_path = self.path.with_name(self.path.name + ".json")
         self.exp = join(root, name)
-        self._lock = FileLock(str(self.path), timeout=0)
-
-    def acquire(self) -> str | None:
-        """Take the lock or raise UserError naming the live holder; returns a note when a dead driver's lock
-        was taken over."""
-        from filelock import Timeout
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
-        except Timeout:
-            raise UserError(f"{self.exp}: another tuning.run is using this experiment ({self._holder()}); wait for it "
-                            f"to finish, or use another --name") from None
-        except OSError as exc:
-            raise UserError(f"{self.path}: cannot create the experiment's lock ({exc.strerror or exc})") from None
-        previous = self._holder()
-        atomic_write_text(self.info_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                      "user": _user(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-        return f"took over the lock of a driver that is gone ({previous})" if previous != "holder unknown" else None
-
-    def refuse_if_live(self) -> None:
-        """Refuse now, before any work, when a live run holds the lock; creates nothing (a lock file that does
-        not exist yet cannot be held)."""
-        if not self.path.exists():
-            return
-        if self._lock.is_locked:
-            return
-        from filelock import Timeout
-
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise UserError(f"{self.exp}: another tuning.run is using this experiment ({self._holder()}); wait for it "
-                            f"to finish, or use another --name") from None
-        except OSError:
-            return   # unreadable: `acquire` says so when the lock is really taken
-        self._lock.release()
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            self.info_path.unlink(missing_ok=True)
-            self._lock.release()
-
-    def _holder(self) -> str:
-        try:
-            h = json.loads(self.info_path.read_text())
-            return f"pid {h['pid']} on {h['host']}, since {h['since']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "holder unknown"
-
-    def __enter__(self) -> "ExperimentLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "unknown"
+        super().__init__(lock_path(root, name), self.exp, "another tuning.run is using this experiment",
+                         "wait for it to finish, or use another --name")
 
 
 __all__ = [

@@ -54,10 +54,15 @@ def evaluate_trial(trial: TrialRecord, split) -> tuple[dict[str, Any], Any]:
 
     epoch, folder = trial.checkpoints()[-1]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory(prefix="multivae-best-") as tmp:
-        local = Path(tmp) / CHECKPOINT_NAME
-        local.write_bytes(experiment.read_bytes(experiment.join(folder, CHECKPOINT_NAME)))
+    source = experiment.join(folder, CHECKPOINT_NAME)
+    local = experiment.local_path(source)
+    if local is not None:   # read in place: no copy outside the experiment
         state = restore_state(local, n_items=split.n_items, device=device)
+    else:   # a remote storage: a local copy, removed however the phase ends (a signal interrupts it as an exception)
+        with tempfile.TemporaryDirectory(prefix="multivae-best-") as tmp:
+            copy = Path(tmp) / CHECKPOINT_NAME
+            copy.write_bytes(experiment.read_bytes(source))
+            state = restore_state(copy, n_items=split.n_items, device=device)
     cfg = state.train_config
     scores = evaluate_on_split(model_scorer(best_model(state)), split, cfg.metrics, cfg.eval_batch_size, device, per_user=True)
     return {"checkpoint": folder, "checkpoint_epoch": state.epoch, "best_epoch": state.best.get("epoch"),
@@ -101,6 +106,8 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         raise UserError(f"{exp_path}: no trial left a checkpointed result ({counts['errored']} errored); "
                         f"see the error.txt files, then {resume_cmd} --retry-errored")
 
+    print(f"testing the best trial {best.trial_id} once on the test users, with popularity and EASE beside it", file=sys.stderr,
+          flush=True)
     final, state = evaluate_trial(best, split)
     per_user = final.pop("per_user")
     ease = ease_yardstick(split, final["train_config"]["metrics"], metric)

@@ -77,6 +77,39 @@ def call_after_experiment_saves() -> None:
     TuneController.save_to_dir = save_to_dir
 
 
+def ray_processes_in_their_own_session() -> None:
+    """The local Ray this driver starts (GCS, raylet, and through the raylet every worker) runs in a session of
+    its own, so a SIGTERM to the driver's process group (what `timeout`, a batch scheduler or a terminal's
+    hang-up sends) reaches the driver alone, which stops the search through Tune and saves it. In the group,
+    Ray's processes die with the signal and the driver waits a minute for its lost GCS, then exits 1.
+
+    Ray 2.60 does the same on Windows (`services.ConsolePopen` adds CREATE_NEW_PROCESS_GROUP when the kernel
+    shares fates); on Linux its processes are still tied to the driver by the kernel (PR_SET_PDEATHSIG: they
+    die when it dies, however it dies), so nothing outlives it. Without kernel fate sharing Ray's reaper needs
+    them in the group: left as they are. Where the private name has moved: a warning, and Ray as it is."""
+    if sys.platform == "win32":
+        return
+    try:
+        from ray._private import services, utils
+
+        popen, shares_fate = services.ConsolePopen, utils.detect_fate_sharing_support
+    except (ImportError, AttributeError):
+        warnings.warn("this Ray has no ray._private.services.ConsolePopen: a SIGTERM to the driver's process group "
+                      "also kills Ray's own processes", RuntimeWarning, stacklevel=2)
+        return
+    if getattr(popen, "own_session", False) or not shares_fate():
+        return
+
+    class OwnSession(popen):   # type: ignore[misc, valid-type]
+        own_session = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+
+
 def drop_stale_trial_decisions_on_resume() -> None:
     """No decision taken before a restore may act on a restored trial.
 

@@ -360,6 +360,8 @@ def run_search(plan: Plan, split, args, callbacks: Sequence[Any], term: "Termina
     finally:
         if started_ray:
             ray.shutdown()
+            if term is not None:
+                term.install()   # ray.shutdown leaves the process's SIGTERM at the default (death), Python's handler unseen
 
 
 def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = (), planned: list | None = None) -> int:
@@ -379,37 +381,61 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = (), pl
     if planned is not None:
         planned.append(plan.exp_path)
     term = TerminationAsInterrupt()
+    final_phase, sigint = False, None
+    term.install()   # until main returns: a second SIGTERM (`timeout` sends two) must find it still there
     try:
-        with term:
-            split = load_dataset(plan.space.dataset, cache_dir=args.cache_dir, verbose=not args.quiet)   # once, here
-            take_lock(plan, args)
-            fit_wall = run_search(plan, split, args, callbacks, term)
+        split = load_dataset(plan.space.dataset, cache_dir=args.cache_dir, verbose=not args.quiet)   # once, here
+        take_lock(plan, args)
+        fit_wall = run_search(plan, split, args, callbacks, term)
         if term.received:   # Tune saved the experiment and stopped: say how to go on, and finish nothing
             print(f"stopped by SIGTERM; the experiment is saved. Continue it with: {plan.resume_cmd}", file=sys.stderr)
             return EXIT_TERMINATED
+        # The final phase stops on SIGTERM and Ctrl-C alike, with the hint: Tune leaves its own SIGINT handler
+        # (which only flags a search that has ended) installed after the search.
+        sigint = _interrupt_on_sigint()
+        final_phase = True
         return finalize(plan.space, split, exp_path=plan.exp_path, resume_cmd=plan.resume_cmd, finalize_now=args.finalize,
                         resumed=bool(args.resume), fit_wall=fit_wall, t_start=t_start, dataset=to_dict(plan.space.dataset),
                         command=plan.meta.get("argv") or ())
     except KeyboardInterrupt:
+        if final_phase:   # nothing of the results is half-written (each file is renamed into place whole)
+            print(f"stopped by {'SIGTERM' if term.received else 'Ctrl-C'} while testing the best trial; the search is saved. "
+                  f"Finish it with: {plan.resume_cmd}", file=sys.stderr)
+            return EXIT_TERMINATED if term.received else EXIT_INTERRUPTED
         if not term.received:
             raise
         print(f"stopped by SIGTERM before the search started. Start it again with: {plan.resume_cmd if args.resume else 'the same command'}",
               file=sys.stderr)
         return EXIT_TERMINATED
     finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
+        term.restore()
         plan.lock.release()
+
+
+def _interrupt_on_sigint() -> Any:
+    """Python's own Ctrl-C (KeyboardInterrupt) again, in the main thread; the handler it replaces, to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class TerminationAsInterrupt:
     """SIGTERM (what Kubernetes, Slurm and most schedulers send) is handled like Ctrl-C: during the search it
-    reaches Tune's SIGINT handler, which stops the trials and saves the experiment for `--resume`; before, it
-    interrupts the driver. Without this, Ray's driver dies on SIGTERM with exit 1 and no resume hint."""
+    reaches Tune's SIGINT handler, which stops the trials and saves the experiment for `--resume`; before and
+    after (the final phase), it interrupts the driver. Without this, Ray's driver dies on SIGTERM with exit 1
+    and no resume hint. Only the first SIGTERM counts: `timeout` sends one to its child and another to the
+    process group, and a second one must not cut short the saving that the first began (SIGKILL still ends
+    the driver at once)."""
 
     def __init__(self) -> None:
         self.received = False
         self.previous: Any = None
 
     def _handle(self, signum, frame) -> None:
+        if self.received:
+            return
         self.received = True
         signal.raise_signal(signal.SIGINT)   # Tune's handler during the search, else KeyboardInterrupt
 
@@ -419,13 +445,10 @@ class TerminationAsInterrupt:
             if self.previous is None:
                 self.previous = previous
 
-    def __enter__(self) -> "TerminationAsInterrupt":
-        self.install()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 def cli() -> int:

@@ -50,6 +50,7 @@ def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
             raise UserError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}{hint})") from None
     else:
         # address="local": a new Ray of our own, never one that `ray start` left running on this machine
+        ray_compat.ray_processes_in_their_own_session()   # a SIGTERM to our process group: ours alone
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet, **level)
     return True
 

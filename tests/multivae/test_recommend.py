@@ -261,6 +261,57 @@ def test_ml1m_titles_and_no_heldout_items(tmp_path):
     assert df["title"].notna().all()
 
 
+# --- --out: one writer, never over an existing file unasked, never inside a model folder or a run ----------
+
+def _out_argv(trained, out: Path) -> list[str]:
+    split, _, d = trained
+    return ["--checkpoint", str(d), "--user", str(split.test_user_ids[0]), "-k", "3", "--out", str(out)]
+
+
+def test_cli_out_refuses_an_existing_file_unless_overwrite(trained, tmp_path):
+    target = tmp_path / "recs.csv"
+    target.write_text("mine")
+    with pytest.raises(UserError, match=r"^--out .*recs\.csv: the file exists; pass --overwrite to replace it$"):
+        main(_out_argv(trained, target))
+    assert target.read_text() == "mine"
+    assert main([*_out_argv(trained, target), "--overwrite"]) == 0
+    assert len(pd.read_csv(target)) == 3
+
+
+def _files(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("inside", [WEIGHTS, MODEL_JSON, "recs.csv", "sub/recs.csv", "model/recs.csv", "model/weights.pt"])
+def test_cli_out_never_writes_inside_a_model_folder_or_a_run(trained, tmp_path, inside):
+    _, _, d = trained
+    shutil.copytree(d, tmp_path / "m")                      # a model folder
+    shutil.copytree(d, tmp_path / "run" / "model")          # a train run: model/ beside its metrics.json
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    (tmp_path / "m" / "sub").mkdir()
+    (tmp_path / "run" / "sub").mkdir()
+    owner = "run" if inside.startswith("model/") else "m"
+    out = tmp_path / owner / inside
+    before = _files(tmp_path)
+    with pytest.raises(UserError, match=rf"^--out .*: is inside the model folder or run {tmp_path}/(m|run)(/model)?; "
+                                        "write recommendations somewhere else$"):
+        main([*_out_argv(trained, out), "--overwrite"])
+    assert _files(tmp_path) == before
+
+
+def test_cli_out_with_a_live_writer_is_refused_naming_it(trained, tmp_path):
+    import os
+
+    from multivae.files import WriterLock, lock_beside
+
+    out = tmp_path / "recs.csv"
+    with WriterLock(lock_beside(out), out, "another multivae.recommend is writing this file", "wait"):
+        with pytest.raises(UserError, match=rf"recs\.csv: another multivae\.recommend is writing this file \(pid {os.getpid()} on "):
+            main(_out_argv(trained, out))
+    assert not out.exists()
+    assert main(_out_argv(trained, out)) == 0   # once the holder is gone
+
+
 # --- issue 27: a damaged model folder is checked field by field before anything is allocated ----------
 
 def _damaged(d: Path, tmp_path: Path, meta: dict | None = None, arrays: dict | None = None) -> Path:

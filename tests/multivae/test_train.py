@@ -226,5 +226,5 @@ def test_restore_with_a_perturbed_config_keeps_weights_moments_and_step_and_take
     fit(split, state=resumed, callback=rec)
     g0 = first.global_step   # beta of the first update after the restore: the copied step under the new cap
     assert rec.steps[0]["kl_weight"] == pytest.approx(min(0.05, 0.05 * g0 / 10_000))
-    with pytest.raises(UserError, match="does not match its model config"):
+    with pytest.raises(UserError, match=r"c\.pt: weights do not match the model config \(enc_w\.1 is torch\.float32 \[32, 32\]"):
         restore_state(tmp_path / "c.pt", n_items=split.n_items, model_config=dataclasses.replace(SMALL, latent_dim=SMALL.latent_dim + 1))

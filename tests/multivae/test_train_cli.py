@@ -177,3 +177,90 @@ def test_a_log_gets_one_plain_line_per_epoch_not_progress_bar_frames(data, tmp_p
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"] and all(" best " in line for line in lines)
+
+
+# --- one writer per run folder, and --overwrite as a whole --------------------------------------------------
+
+def _train_cmd(data, out: Path, cache: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "multivae.train", "--data", str(data / "ratings.csv"), *TINY, "--threads", "1",
+            "--out", str(out), "--cache-dir", str(cache), *flags]
+
+
+def _seeds(out: Path) -> tuple:
+    """The seed each file of the run folder says it was trained with: one run's files all say the same."""
+    from multivae.checkpoint import load_checkpoint
+
+    return (json.loads((out / "metrics.json").read_text())["train_config"]["seed"],
+            load_checkpoint(out / "checkpoint.pt")["train_config"]["seed"],
+            json.loads((out / "model" / "model.json").read_text())["train_config"]["seed"])
+
+
+def test_two_runs_into_one_out_started_together_one_is_refused_and_the_folder_holds_one_run(data, tmp_path):
+    out = tmp_path / "shared"
+    procs = {seed: subprocess.Popen(_train_cmd(data, out, tmp_path / f"cache{seed}", "--epochs", "20", "--seed", str(seed)),
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (11, 22)}
+    done = {seed: (p.wait(timeout=600), *p.communicate()) for seed, p in procs.items()}
+    assert sorted(rc for rc, _, _ in done.values()) == [0, 2], {s: (rc, err[-2000:]) for s, (rc, _, err) in done.items()}
+    (winner,) = [s for s, (rc, _, _) in done.items() if rc == 0]
+    (loser,) = [s for s, (rc, _, _) in done.items() if rc == 2]
+    err = done[loser][2]   # the split's statistics, then one error line, no traceback
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    assert re.fullmatch(rf"multivae\.train: error: {re.escape(str(out))}: another multivae\.train is writing this run folder "
+                        rf"\(pid {procs[winner].pid} on .+\); wait for it to finish, or use another --out", err.splitlines()[-1]), err
+    assert _seeds(out) == (winner, winner, winner)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model"]
+    assert not list(tmp_path.glob(".shared.*-*"))   # no staging or aside folder left
+
+
+def test_overwrite_replaces_the_run_as_a_whole(data, tmp_path):
+    run(["--data", str(data / "ratings.csv"), *TINY, "--epochs", "1", "--seed", "1"], tmp_path)
+    run(["--data", str(data / "ratings.csv"), *TINY, "--epochs", "1", "--seed", "2", "--latent-dim", "6", "--overwrite"], tmp_path)
+    from multivae.recommend import load
+
+    assert _seeds(tmp_path / "run") == (2, 2, 2)
+    assert load(tmp_path / "run").model.config.latent_dim == 6   # recommend serves the new model
+    # EASE has no checkpoint and no model folder: the old run's must not stay under the new metrics
+    run(["--data", str(data / "ratings.csv"), "--model", "ease", "--ease-lambda", "100", "--overwrite", "--quiet"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json"]
+    assert metrics(tmp_path)["model"] == "ease"
+    with pytest.raises(UserError, match="no model folder|not a readable checkpoint|checkpoint not found|not found"):
+        load(tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")) == [".run.lock"]
+
+
+def test_overwrite_refuses_a_folder_with_files_that_are_not_a_run(data, tmp_path):
+    run(["--data", str(data / "ratings.csv"), *TINY, "--epochs", "1"], tmp_path)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(UserError, match=r"run: holds notes\.txt, which are not part of a run; --overwrite replaces the run "
+                                        r"folder as a whole"):
+        run(["--data", str(data / "ratings.csv"), *TINY, "--epochs", "1", "--overwrite"], tmp_path)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before and (tmp_path / "run" / "notes.txt").exists()
+
+
+def test_an_interrupted_overwrite_leaves_the_old_run_as_it_was(data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    run(["--data", str(data / "ratings.csv"), *TINY, "--epochs", "1", "--seed", "1"], tmp_path)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    proc = subprocess.Popen(_train_cmd(data, out, tmp_path / "cache", "--epochs", "500", "--seed", "2", "--checkpoint-every", "1",
+                                       "--overwrite"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # until the new run has checkpointed (wherever it writes it), as a Ctrl-C in the middle of training would find it
+        while time.monotonic() < deadline and proc.poll() is None:
+            written = list(tmp_path.glob(".run.new-*/checkpoint.pt")) + [out / "checkpoint.pt"]
+            if any(p.exists() and p.stat().st_mtime_ns > (out / "metrics.json").stat().st_mtime_ns for p in written):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130, proc.stderr.read()[-2000:]
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run.")) == [".run.lock"]

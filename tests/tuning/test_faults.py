@@ -353,8 +353,8 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     configs = [json.loads((d / "params.json").read_text()) for d in trial_dirs(exp)]
     assert len(configs) == N and len({json.dumps(c, sort_keys=True) for c in configs}) == N
     first = data["search"]["points_to_evaluate"][0]
-    assert sum(all(c[k] == json.dumps(v) if isinstance(v, list) else math.isclose(c[k], v) for k, v in first.items())
-               for c in configs) == 1
+    assert sum(all(c[k] == v if isinstance(v, list) else math.isclose(c[k], v) for k, v in first.items())
+               for c in configs) == 1   # params.json holds plain values
 
 
 # --- storage and --overwrite refusals: before the data is read and before Ray starts -------------------

@@ -5,9 +5,11 @@ lag). A real `python -m tuning.run` process with its own Ray."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,3 +117,130 @@ def test_a_sigterm_exit_inside_a_callback_is_silent_and_other_unraisable_errors_
     assert out.returncode == 0 and "still alive" in out.stdout, out.stderr
     assert "SystemExit" not in out.stderr
     assert "ValueError: a real bug" in out.stderr and out.stderr.count("Traceback") == 1, out.stderr
+
+
+# --- SIGTERM to the process group, and signals in the final phase ----------------------------------------
+
+class Driver:
+    """A real `python -m tuning.run` in a session of its own (its pid is its process group, as under `timeout`
+    or a batch scheduler), its output read as it comes."""
+
+    def __init__(self, argv: list[str], env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tuning.run", *argv], cwd=REPO, env=env or _env(), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, ls=lines: ls.extend(s), daemon=True).start()
+
+    def wait_for(self, done, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "".join(self.out + self.err)[-3000:]
+            time.sleep(0.1)
+
+    def signal_group(self, sig: int, timeout: float = 120, like_timeout: bool = False) -> tuple[int, float]:
+        """Send `sig` to the driver's whole process group (`like_timeout`: first to the driver, then to the
+        group, as `timeout` does); its exit code and how long it took to exit."""
+        t0 = time.monotonic()
+        if like_timeout:
+            os.kill(self.proc.pid, sig)
+        os.killpg(self.proc.pid, sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        took = time.monotonic() - t0
+        time.sleep(0.5)   # the reader threads catch up
+        return rc, took
+
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+def _space(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    data["scheduler"] = {"type": "fifo"}
+    data["checkpoint"] = {"every": 1, "keep": 2}
+    for key, value in changes.items():
+        section, field = key.split("__")
+        data[section][field] = value
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(data))
+    return space
+
+
+def test_sigterm_to_the_process_group_exits_143_promptly_with_the_resume_hint(tmp_path):
+    """`timeout`'s and a scheduler's SIGTERM goes to the whole group: Ray's processes must not die with it
+    (the driver then waited a minute for its lost GCS and exited 1, without the hint)."""
+    space = _space(tmp_path, fixed__epochs=40, search__num_samples=2)
+    storage = tmp_path / "rr"
+    d = Driver(["--space", str(space), "--storage", str(storage), "--name", "grp", "--num-cpus", "2"])
+    d.wait_for(lambda: sum(" epoch " in ln for ln in d.out) >= 4)   # both trials training
+    rc, took = d.signal_group(signal.SIGTERM, like_timeout=True)
+    err = d.stderr()
+    assert rc == run.EXIT_TERMINATED, (rc, took, err[-3000:])
+    assert took < 30, (took, err[-3000:])
+    assert "Traceback" not in err and "Failed to connect to GCS" not in err, err[-3000:]
+    assert f"stopped by SIGTERM; the experiment is saved. Continue it with: python -m tuning.run --resume --name grp --storage {storage}" in err
+    assert not (storage / "grp" / experiment.RESULTS).exists()
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    """Temporary files and folders of the project (atomic writes, staging folders, checkpoint copies)."""
+    return sorted(str(p) for f in folders for p in f.rglob("*") if ".tmp-" in p.name or ".new-" in p.name
+                  or ".old-" in p.name or p.name.startswith("multivae-best"))
+
+
+def test_sigterm_and_ctrl_c_in_the_final_phase_stop_it_with_the_resume_hint_and_leave_nothing(tmp_path):
+    """The final phase (testing the best trial, EASE beside it) made slow for real: a catalogue of ~1,200
+    items gives EASE seconds per lambda. Ctrl-C there was swallowed (Tune's handler outlives the search) and
+    SIGTERM killed the driver by the signal (once leaving a checkpoint copy in /tmp)."""
+    space = _space(tmp_path, fixed__epochs=1, search__num_samples=1, search__max_concurrent=1)
+    data = yaml.safe_load(space.read_text())
+    data["dataset"]["synthetic"] = {"n_users": 1000, "n_items": 1200, "n_topics": 12, "seed": 0}
+    data["dataset"]["protocol"] = {"heldout_users": 100}
+    data["search"].pop("points_to_evaluate")
+    space.write_text(yaml.safe_dump(data))
+    storage = tmp_path / "rr"
+    tmpdir = Path(tempfile.mkdtemp(prefix="mvt-", dir="/tmp"))   # short: Ray's socket paths live under it too
+    try:
+        _final_phase(space, storage, tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _final_phase(space: Path, storage: Path, tmpdir: Path) -> None:
+    env = {**_env(), "TMPDIR": str(tmpdir)}
+    exp = storage / "fin"
+    hint = f"Finish it with: python -m tuning.run --resume --name fin --storage {storage}"
+    final_phase = "testing the best trial"
+
+    # SIGTERM as `timeout` sends it (to the driver, then its group) in the final phase of a search run through
+    # Tune: ray.shutdown had left the process's SIGTERM at the default, so the driver died by the signal
+    d = Driver(["--space", str(space), "--storage", str(storage), "--name", "fin", "--num-cpus", "2", "--quiet"], env)
+    d.wait_for(lambda: final_phase in d.stderr())
+    rc, took = d.signal_group(signal.SIGTERM, like_timeout=True)
+    err = d.stderr()
+    assert rc == run.EXIT_TERMINATED, (rc, took, err[-3000:])
+    assert f"stopped by SIGTERM while testing the best trial; the search is saved. {hint}" in err, err[-3000:]
+    assert "Traceback" not in err and not (exp / experiment.RESULTS).exists()
+
+    # Ctrl-C (SIGINT to the terminal's process group) in the final phase of `--resume`: Tune's handler, left
+    # installed after the search, swallowed it
+    d = Driver(["--resume", "--name", "fin", "--storage", str(storage), "--num-cpus", "2", "--quiet"], env)
+    d.wait_for(lambda: final_phase in d.stderr())
+    rc, took = d.signal_group(signal.SIGINT)
+    err = d.stderr()
+    assert rc == run.EXIT_INTERRUPTED, (rc, took, err[-3000:])
+    assert f"stopped by Ctrl-C while testing the best trial; the search is saved. {hint}" in err, err[-3000:]
+    assert "Traceback" not in err and not (exp / experiment.RESULTS).exists()
+    assert _leftovers(tmpdir, storage) == []
+
+    # and the hint's command finishes it
+    done = subprocess.run([sys.executable, "-m", "tuning.run", "--resume", "--name", "fin", "--storage", str(storage), "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((exp / experiment.RESULTS).read_text())["trials"]["completed"] == 1
+    assert _leftovers(tmpdir, storage) == []
