@@ -221,6 +221,31 @@ def rows_by_epoch(rows: Iterable[dict[str, Any]], keep: str = "last") -> list[di
     return [out[e] for e in sorted(out)]
 
 
+# The trial worker's CPU seconds (all its threads) since the trial last started or restarted: setup, epochs,
+# validation, checkpoints. A restarted trial (a retry, a resume, a paused HyperBand trial) counts from 0 again.
+CPU_COLUMN = "cpu_time_s"
+
+
+def cpu_increment(previous: float | None, value: float, restarted: bool = False) -> float:
+    """The CPU seconds one report adds to its trial's total: the growth of the trial's running count, or all of
+    it where the count began again (`restarted`: Ray's iterations_since_restore is 1; or the count went down)."""
+    if previous is None or restarted or value < previous:
+        return value
+    return value - previous
+
+
+def cpu_seconds(rows: Iterable[dict[str, Any]]) -> float:
+    """A trial's CPU seconds over every run of it, from all its reports in order (epochs it trained twice
+    count twice: they were paid twice)."""
+    total, previous = 0.0, None
+    for r in rows:
+        value = r.get(CPU_COLUMN)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            total += cpu_increment(previous, float(value), r.get("iterations_since_restore") == 1)
+            previous = float(value)
+    return total
+
+
 @dataclass
 class TrialRecord:
     """One trial as the experiment's files tell it."""
@@ -231,6 +256,8 @@ class TrialRecord:
     rows: list[dict[str, Any]] = field(default_factory=list)   # one per epoch, in order (latest report of each)
     errored: bool = False                     # its final state is an error
     status: str = "pending"
+    cpu_s: float = 0.0                        # CPU seconds of every run of it (`cpu_seconds`)
+    last_report: float | None = None          # unix time of its latest report (Ray's `timestamp`)
 
     @property
     def epochs(self) -> int:
@@ -298,7 +325,8 @@ def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[s
         except ValueError:
             config = {}
         config = config if isinstance(config, dict) else {}
-        rows = rows_by_epoch(parse_result_rows(read_text(join(d, TRIAL_RESULTS)))) if exists(join(d, TRIAL_RESULTS)) else []
+        reports = parse_result_rows(read_text(join(d, TRIAL_RESULTS))) if exists(join(d, TRIAL_RESULTS)) else []
+        rows = rows_by_epoch(reports)
         m = _TRIAL_DIR.match(name)
         trial_id = str(rows[-1].get("trial_id") or "") if rows else ""
         trial_id = trial_id or (m.group(2) if m else name)
@@ -306,7 +334,8 @@ def read_trials(exp_path: str, *, max_t: int | None = None, final_states: dict[s
             errored = final_states[trial_id] == "ERROR"
         else:
             errored = any(exists(join(d, e)) for e in TRIAL_ERRORS)
-        t = TrialRecord(trial_id, int(m.group(1)) if m else i + 1, d, config, rows, errored)
+        t = TrialRecord(trial_id, int(m.group(1)) if m else i + 1, d, config, rows, errored, cpu_s=cpu_seconds(reports),
+                        last_report=max((float(r["timestamp"]) for r in reports if isinstance(r.get("timestamp"), (int, float))), default=None))
         stopped_while_paused = (final_states or {}).get(trial_id) == "TERMINATED" and t.epochs in stop_epochs
         t.status = trial_status(epochs=t.epochs, planned=max_t or planned_epochs(config), stopped=t.stopped or stopped_while_paused,
                                 errored=errored, checkpoint_epoch=t.checkpoint_epoch)
@@ -344,8 +373,8 @@ class ExperimentLock(WriterLock):
 
 
 __all__ = [
-    "BEST_CONFIG", "BEST_MODEL", "COMPATIBLE_FORMATS", "ExperimentLock", "FORMAT_VERSION", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
-    "TrialRecord", "check_format", "delete_dir", "exists", "is_dir", "join", "list_files", "local_path", "lock_path", "parse_result_rows",
+    "BEST_CONFIG", "BEST_MODEL", "COMPATIBLE_FORMATS", "CPU_COLUMN", "ExperimentLock", "FORMAT_VERSION", "RESULTS", "RUN_META", "SPACE_COPY", "STATUSES", "STATUS_LABEL",
+    "TrialRecord", "check_format", "cpu_increment", "cpu_seconds", "delete_dir", "exists", "is_dir", "join", "list_files", "local_path", "lock_path", "parse_result_rows",
     "planned_epochs", "read_bytes", "read_json", "read_text", "read_trials", "rows_by_epoch", "status_counts", "storage_root",
     "trial_status", "versions", "write_bytes", "write_json", "write_text",
 ]

@@ -24,6 +24,7 @@ from multivae.metrics import metric_definitions
 from multivae.training import best_model, restore_state
 from tuning import experiment, ray_compat
 from tuning.experiment import TrialRecord
+from tuning.progress import per_hour_text
 from tuning.space import SearchSpace, split_trial_config
 
 EXIT_INTERRUPTED = 130
@@ -81,6 +82,15 @@ def trials_table(trials: Sequence[TrialRecord], metric: str, mode: str) -> list[
     return rows
 
 
+def search_cost(trials: Sequence[TrialRecord], fit_wall: float, t_start: float) -> tuple[float, float | None]:
+    """(CPU seconds of every trial over every run of the search, trials that ended during this run per hour of
+    its wall time). `t_start`: this run's start on the perf_counter clock."""
+    cpu_s = sum(t.cpu_s for t in trials)
+    since = time.time() - (time.perf_counter() - t_start)   # this run's start as a unix time, as the reports carry
+    ended = sum(t.status in ("completed", "stopped_early", "errored") and (t.last_report or 0) >= since for t in trials)
+    return cpu_s, (ended / fit_wall * 3600 if fit_wall > 0 and ended else None)
+
+
 def metrics_table(rows: list[tuple[str, dict]], metrics: Sequence[str]) -> str:
     lines = [f"{'':<22}" + "".join(f"{m.replace('ndcg', 'NDCG').replace('recall', 'Recall'):>20}" for m in metrics)]
     for label, r in rows:
@@ -120,6 +130,7 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         note = (f"the trial's best validation epoch was {best_row.get('epoch')} but its last checkpoint (epoch "
                 f"{final['checkpoint_epoch']}) holds the best weights up to then, those of epoch {final['best_epoch']}; "
                 f"those were tested")
+    cpu_s, per_hour = search_cost(trials, fit_wall, t_start)
     summary = {
         "experiment": exp_path, "space": space.name, "dataset": dataset, "split": split.stats(),
         "best_trial": {"trial_id": best.trial_id, "path": best.path, "status": best.status, "config": best.config,
@@ -134,6 +145,7 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         "metric_definitions": metric_definitions(final["train_config"]["metrics"]),
         "scheduler": dataclasses.asdict(space.scheduler), "trials_table": trials_table(trials, metric, mode),
         "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": resumed,
+        "cpu_time_s": {"trials": cpu_s}, "trials_per_hour": per_hour,
         "finalized_early": bool(early and finalize_now),
     } | ({"note": note} if note else {})
     model_dir = write_best_model(exp_path, state, split, dataset, metrics={"val": final["val"], "test": final["test"],
@@ -156,8 +168,10 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     for name, diff in (("popularity", summary["vs_popularity"]), ("EASE", vs_ease)):
         if "test" in diff:
             print(f"best trial - {name} on the same test users: {verdict(diff['test'], metric)}")
+    rate = f", {per_hour_text(per_hour)} trials/h" if per_hour is not None else ""
     print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_early']} stopped early, "
-          f"{counts['errored']} errored); search {fit_wall:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+          f"{counts['errored']} errored); search {fit_wall:.1f} s wall, {cpu_s:.1f} CPU s in the trials{rate}; "
+          f"total {time.perf_counter() - t_start:.1f} s")
     if note:
         print(f"note: {note}")
     print(f"wrote {experiment.join(exp_path, experiment.RESULTS)}, {experiment.join(exp_path, experiment.BEST_CONFIG)} and {model_dir}/\n"

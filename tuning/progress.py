@@ -13,10 +13,13 @@ Importing this module imports Ray: `tuning.run` imports it only after deciding h
 
 from __future__ import annotations
 
+import math
 import time
 
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
+
+from tuning.experiment import CPU_COLUMN, cpu_increment
 
 
 def rebuild(kind: str, values: dict):
@@ -55,27 +58,19 @@ def _clock(seconds: float) -> str:
 
 class ProgressLine(tune.Callback):
     """One compact line per trial result: trial k/N (k: the number of its folder, `trial_dirname`), epoch, the
-    metric, the trial's best, the KL weight, the search's elapsed time and an ETA (the mean time per ended trial
-    so far, times the trials still to end)."""
+    metric, the trial's best, the KL weight, then the search so far: wall time, the trials' CPU time, trials
+    ended per hour and an ETA (`SearchClock`). On --resume it counts from the resumed run's start."""
 
     def __init__(self, metric: str, max_t: int | None, num_samples: int | None = None) -> None:
         self.metric, self.max_t, self.num_samples = metric, max_t, num_samples
-        self.start: float | None = None
+        self.clock = SearchClock(num_samples, max_t)
         self.numbers: dict[str, int] = {}
-        self.ended: set[str] = set()
 
     def __reduce__(self):   # Tune pickles it before the search starts: the settings are all there is
         return rebuild, ("progress_line", {"metric": self.metric, "max_t": self.max_t, "num_samples": self.num_samples})
 
     def _eta(self) -> str:
-        if self.start is None:
-            return ""
-        elapsed = time.monotonic() - self.start
-        text = f"  {_clock(elapsed)} elapsed"
-        if self.num_samples and self.ended:
-            left = max(0, self.num_samples - len(self.ended))
-            text += f", ETA {_clock(elapsed / len(self.ended) * left)}" if left else ""
-        return text
+        return self.clock.text(time.monotonic())
 
     def _number(self, trial) -> int:
         """The number of the trial's folder (`trial_0003_...`: the order Tune created it in); a trial without one
@@ -87,19 +82,17 @@ class ProgressLine(tune.Callback):
         return number
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if self.start is None:
-            self.start = time.monotonic()
+        self.clock.started(trial.trial_id, time.monotonic())
         self._number(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         epoch = result.get("epoch")
         if epoch is None or self.metric not in result:
             return
-        if self.start is None:
-            self.start = time.monotonic()
+        self.clock.report(trial.trial_id, result, time.monotonic())
         end = ""
         if result.get("done"):
-            self.ended.add(trial.trial_id)
+            self.clock.ended(trial.trial_id, time.monotonic())
             end = "  done" if self.max_t is None or epoch >= self.max_t else "  stopped early"
         k = self._number(trial)
         of = f"/{self.max_t}" if self.max_t else ""
@@ -109,9 +102,9 @@ class ProgressLine(tune.Callback):
               f"beta {result.get('kl_weight', float('nan')):.4f}{end}{self._eta()}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if trial.trial_id in self.ended:
+        if trial.trial_id in self.clock.ended_trials:
             return   # its last result said so already
-        self.ended.add(trial.trial_id)
+        self.clock.ended(trial.trial_id, time.monotonic())
         k = self._number(trial)
         n = f"{k}/{self.num_samples}" if self.num_samples else str(k)
         epoch = (trial.last_result or {}).get("epoch", "?")
@@ -120,8 +113,95 @@ class ProgressLine(tune.Callback):
         print(f"trial {n} {trial.trial_id}  {how} after epoch {epoch}{self._eta()}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.ended.add(trial.trial_id)
+        self.clock.ended(trial.trial_id, time.monotonic())
         print(f"{trial.trial_id}  ERROR (details: {trial.path}/error.txt)", flush=True)
+
+
+class SearchClock:
+    """The search's time as the user sees it, fed with the trials' reports as they arrive.
+
+    The ETA is the epochs still to train over the epochs trained per second so far. The epochs still to train:
+    for each trial not yet ended, the mean epochs of the ended ones (a scheduler that stops trials early makes
+    that mean small) less what it has trained already, at least one. From one update to the next the ETA moves
+    by at most a factor of two (a trial that ends far from the mean changes the estimate at once; the clamp
+    turns that into a few steps)."""
+
+    def __init__(self, num_samples: int | None, max_t: int | None = None) -> None:
+        self.num_samples, self.max_t = num_samples, max_t
+        self.start: float | None = None
+        self.epochs: dict[str, int] = {}        # each trial's latest epoch
+        self.trained = 0                        # epochs reported in this run (also epochs a restored trial redoes)
+        self.cpu_s = 0.0
+        self.cpu_last: dict[str, float] = {}
+        self.ended_trials: dict[str, int] = {}  # trial -> its last epoch
+        self.raw_eta: float | None = None
+        self.eta: float | None = None           # the last one shown
+
+    def started(self, trial_id: str, now: float) -> None:
+        self.start = now if self.start is None else self.start
+        self.epochs.setdefault(trial_id, 0)
+
+    def report(self, trial_id: str, result: dict, now: float) -> None:
+        self.started(trial_id, now)
+        self.epochs[trial_id] = int(result.get("epoch") or 0)
+        self.trained += 1
+        cpu = result.get(CPU_COLUMN)
+        if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) and math.isfinite(cpu):
+            self.cpu_s += cpu_increment(self.cpu_last.get(trial_id), float(cpu), result.get("iterations_since_restore") == 1)
+            self.cpu_last[trial_id] = float(cpu)
+        self._update(now)
+
+    def ended(self, trial_id: str, now: float) -> None:
+        self.started(trial_id, now)
+        self.ended_trials[trial_id] = self.epochs.get(trial_id, 0)
+        self._update(now)
+
+    def remaining_epochs(self) -> float | None:
+        """The epochs still to train (see the class docstring); None before any trial ended."""
+        if not self.num_samples or not self.ended_trials:
+            return None
+        mean = sum(self.ended_trials.values()) / len(self.ended_trials)
+        running = [e for t, e in self.epochs.items() if t not in self.ended_trials]
+        unstarted = max(0, self.num_samples - len(self.ended_trials) - len(running))
+        return sum(max(1.0, mean - e) for e in running) + unstarted * max(1.0, mean)
+
+    def _update(self, now: float) -> None:
+        """The raw estimate after this report (`eta_now` shows it, within a factor of two of the last shown)."""
+        left = self.remaining_epochs()
+        elapsed = now - (self.start if self.start is not None else now)
+        if left is None or not self.trained or elapsed <= 0:
+            return
+        self.raw_eta = 0.0 if len(self.ended_trials) >= (self.num_samples or 0) else left / (self.trained / elapsed)
+
+    def eta_now(self) -> float | None:
+        """The ETA to show now: the raw estimate, moved at most a factor of two from the one shown before."""
+        raw = self.raw_eta
+        if raw is None or not raw or not self.eta:
+            self.eta = raw
+        else:
+            self.eta = min(max(raw, self.eta / 2), self.eta * 2)
+        return self.eta
+
+    def trials_per_hour(self, now: float) -> float | None:
+        elapsed = now - self.start if self.start is not None else 0.0
+        return len(self.ended_trials) / elapsed * 3600 if self.ended_trials and elapsed > 0 else None
+
+    def text(self, now: float) -> str:
+        if self.start is None:
+            return ""
+        text = f"  {_clock(now - self.start)} elapsed, CPU {_clock(self.cpu_s)}"
+        rate = self.trials_per_hour(now)
+        if rate is not None:
+            text += f", {per_hour_text(rate)} trials/h"
+        eta = self.eta_now()
+        if eta:
+            text += f", ETA {_clock(eta)}"
+        return text
+
+
+def per_hour_text(rate: float) -> str:
+    """0.412, 12.3, 581, 1080: three significant figures, never in exponent form."""
+    return f"{rate:.3g}" if rate < 1000 else f"{rate:.0f}"
 
 
 def trial_number(trial) -> int | None:

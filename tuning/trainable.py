@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,13 +26,14 @@ from ray import tune
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
+from tuning.experiment import CPU_COLUMN
 from tuning.ray_compat import quiet_checkpoint_logs, quiet_worker_exit_on_sigterm, trial_working_dir
 from tuning.space import plain_config, split_trial_config
 from tuning.tblog import TrialWriter
 
-# What every tune.report carries (all of `fit`'s epoch record): the search metric and its context.
+# What every tune.report carries (all of `fit`'s epoch record, and the trial's CPU seconds): the search metric and its context.
 REPORTED = ("epoch", "global_step", "loss", "recon", "kl", "kl_weight", "ndcg@100", "recall@20", "recall@50",
-            "best_ndcg@100", "best_epoch", "beta_at_best", "anneal_steps", "epoch_time_s", "eval_time_s")
+            "best_ndcg@100", "best_epoch", "beta_at_best", "anneal_steps", "epoch_time_s", "eval_time_s", CPU_COLUMN)
 
 
 def trial_resources() -> tuple[int | None, float]:
@@ -58,8 +60,9 @@ class TuneReporter(Callback):
     """`fit`'s callback inside a trial: TensorBoard every step, `tune.report` (+ checkpoint) every epoch."""
 
     def __init__(self, writer: TrialWriter, checkpoint_epochs: Iterable[int], checkpoint_every: int,
-                 item_ids: Any, extra: dict) -> None:
+                 item_ids: Any, extra: dict, cpu_start: float | None = None) -> None:
         self.writer, self.item_ids, self.extra = writer, item_ids, extra
+        self.cpu_start = time.process_time() if cpu_start is None else cpu_start
         self.checkpoint_epochs, self.every = set(checkpoint_epochs), max(1, checkpoint_every)
 
     def on_step(self, record: dict[str, float]) -> None:
@@ -73,6 +76,7 @@ class TuneReporter(Callback):
         self.writer.epoch(record)
         self.writer.flush()   # Tune may stop this trial inside tune.report: nothing after it is guaranteed
         metrics = {k: (float(v) if isinstance(v, float) else v) for k, v in record.items()}
+        metrics[CPU_COLUMN] = time.process_time() - self.cpu_start   # a checkpoint saved below counts in the next report
         if not self.wants_checkpoint(state):
             tune.report(metrics)
             return
@@ -87,6 +91,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     checkpoint at (where the scheduler may stop, pause or copy the trial), on top of every `checkpoint_every` epochs and the last one."""
     if split is None:
         raise ValueError("train_multivae needs the dataset: tune.with_parameters(train_multivae, split=split)")
+    cpu_start = time.process_time()   # the trial's CPU from here: restore, data, epochs, checkpoints
     quiet_checkpoint_logs()
     quiet_worker_exit_on_sigterm()
     config = plain_config(config)
@@ -115,7 +120,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     extra = {"trial_id": ctx.get_trial_id(), "trial_name": trial, "split_path": split.info.get("cache_path"),
              "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
                         if isinstance(v, (bool, int, float, str, type(None), list, tuple))}}
-    reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra)
+    reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra, cpu_start)
     try:
         fit(split, state=state, callback=reporter)
     except FloatingPointError as exc:

@@ -91,6 +91,29 @@ def test_live_lines_number_each_trial_as_its_folder(smoke_experiment):
     assert shown == {trial_id: {number} for trial_id, number in folders.items()}
 
 
+def test_live_lines_and_results_show_wall_cpu_and_trials_per_hour_that_add_up(smoke_experiment):
+    lines = [line for line in smoke_experiment.out.splitlines() if re.match(r"trial \d+/\d+ ", line)]
+    shown = [re.search(r"(\d+):(\d\d) elapsed, CPU (\d+):(\d\d)", line) for line in lines]
+    assert lines and all(shown), lines[:3]
+    res = smoke_experiment.results
+    cpu = res["cpu_time_s"]["trials"]
+    # the trials' CPU from their own reports, counted again here from result.json: every report's growth
+    by_hand = 0.0
+    for d in trial_dirs(smoke_experiment.path):
+        previous = None
+        for r in result_rows(d):
+            v = r["cpu_time_s"]
+            by_hand += v if previous is None or r["iterations_since_restore"] == 1 else v - previous
+            previous = v
+    assert cpu == pytest.approx(by_hand) and cpu > 0
+    assert cpu <= res["wall_time_s"]["search"] * 2 * 1.05   # 2 CPUs: the trials cannot have used more
+    last_cpu = int(shown[-1].group(3)) * 60 + int(shown[-1].group(4))
+    assert abs(last_cpu - cpu) <= 1 + 0.1 * cpu   # the live line's running total ends where results.json does
+    n = res["trials"]["total"]
+    assert res["trials_per_hour"] == pytest.approx(n / res["wall_time_s"]["search"] * 3600)
+    assert re.search(r"search [\d.]+ s wall, [\d.]+ CPU s in the trials, [\d.]+ trials/h", smoke_experiment.out)
+
+
 def test_results_put_the_best_trial_beside_ease_and_popularity_as_paired_differences(smoke_experiment):
     """results.json's vs_ease / vs_popularity are the mean per-user difference on the same users and its
     standard error, recomputed here from best_model/, EASE refitted at the chosen λ and a loop over users."""
