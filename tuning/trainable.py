@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import posixpath
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from ray import tune
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
-from tuning.experiment import CPU_COLUMN
+from tuning.experiment import CPU_COLUMN, TRIAL_RESULTS, parse_result_rows
 from tuning.ray_compat import quiet_checkpoint_logs, quiet_worker_exit_on_sigterm, trial_working_dir
 from tuning.space import plain_config, split_trial_config
 from tuning.tblog import TrialWriter
@@ -75,6 +76,10 @@ class TuneReporter(Callback):
     def on_epoch(self, record: dict[str, Any], state: TrainState) -> None:
         self.writer.epoch(record)
         self.writer.flush()   # Tune may stop this trial inside tune.report: nothing after it is guaranteed
+        self.report(record, state)
+
+    def report(self, record: dict[str, Any], state: TrainState) -> None:
+        """`record` to Tune, with a checkpoint of `state` where one is due."""
         metrics = {k: (float(v) if isinstance(v, float) else v) for k, v in record.items()}
         metrics[CPU_COLUMN] = time.process_time() - self.cpu_start   # a checkpoint saved below counts in the next report
         if not self.wants_checkpoint(state):
@@ -103,6 +108,7 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        checkpoint = newest_own_checkpoint(checkpoint, ctx.get_trial_id())
         # Tune restarting this trial (a retry, a resumed search, a paused HyperBand trial), or PBT continuing
         # another trial's checkpoint with a perturbed config: the weights, optimizer moments, epoch, global step
         # (the KL schedule's position) and RNG come from the checkpoint; lr, weight decay, dropout and the anneal
@@ -122,6 +128,10 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
                         if isinstance(v, (bool, int, float, str, type(None), list, tuple))}}
     reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra, cpu_start)
     try:
+        if state.epoch >= cfg.epochs and state.history:
+            # restored at its last epoch (`newest_own_checkpoint`): nothing to train; Tune, its scheduler and
+            # searcher get that epoch's result once more, the same row with a checkpoint, as when it ended
+            reporter.report(state.history[-1], state)
         fit(split, state=state, callback=reporter)
     except FloatingPointError as exc:
         raise FloatingPointError(f"trial {trial} diverged: {exc}; config {dict(sorted(config.items()))}") from None
@@ -129,4 +139,34 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
         writer.close()
 
 
-__all__ = ["REPORTED", "TuneReporter", "train_multivae", "trial_resources"]
+def newest_own_checkpoint(checkpoint: tune.Checkpoint, trial_id: str) -> tune.Checkpoint:
+    """The checkpoint a restored trial goes on from: the one Tune gives, or a newer one of the same trial.
+
+    Tune restores a trial from the checkpoint its saved state names. That state can lag behind the trial's
+    own folder: a trial that reported its last checkpointed epoch as the driver stopped can be saved as still
+    running at its previous checkpoint (Ray 2.60, docs/faults.md). Trained from there, it would train an epoch
+    that already has a result row with a checkpoint, and report it twice. So where the trial's result.json
+    has a newer row of this trial whose checkpoint is still there, that checkpoint is the one to restore.
+    A checkpoint in another trial's folder (PBT copying a better trial) is used as given."""
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    folder, name = posixpath.split(path)
+    try:
+        with fs.open_input_stream(posixpath.join(folder, TRIAL_RESULTS)) as f:
+            rows = parse_result_rows(f.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return checkpoint
+    own = [r for r in rows if r.get("trial_id") == trial_id and isinstance(r.get("checkpoint_dir_name"), str)]
+    given = [r["epoch"] for r in own if r["checkpoint_dir_name"] == name]
+    if not given:
+        return checkpoint
+    newer = [r for r in own if r["epoch"] > max(given)
+             and fs.get_file_info(posixpath.join(folder, r["checkpoint_dir_name"])).type.name == "Directory"]
+    if not newer:
+        return checkpoint
+    newest = max(newer, key=lambda r: r["epoch"])
+    logging.getLogger(__name__).warning("trial %s: restoring from %s (epoch %s), its newest checkpoint, not %s",
+                                        trial_id, newest["checkpoint_dir_name"], newest["epoch"], name)
+    return tune.Checkpoint(posixpath.join(folder, newest["checkpoint_dir_name"]), filesystem=fs)
+
+
+__all__ = ["REPORTED", "TuneReporter", "newest_own_checkpoint", "train_multivae", "trial_resources"]

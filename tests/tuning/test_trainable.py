@@ -6,6 +6,7 @@ after epoch 2 and is restarted by Tune from its last checkpoint, and one whose l
 loss NaN.
 """
 
+import json
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from tests.multivae.helpers import clustered_interactions
 from tests.tuning.helpers import events, result_rows, trial_dirs
 from tuning.tblog import SUBDIR
 from tuning.space import asha_rungs
-from tuning.trainable import REPORTED, train_multivae
+from tuning.trainable import REPORTED, newest_own_checkpoint, train_multivae
 
 EPOCHS, KILL_AT = 5, 2
 GOOD_LR, NAN_LR = 1e-3, 1e6
@@ -167,3 +168,41 @@ def test_asha_rungs_match_rays_brackets(grace, max_t, rf):
     sched = ASHAScheduler(time_attr="epoch", metric="ndcg@100", mode="max", max_t=max_t, grace_period=grace, reduction_factor=rf)
     milestones = sorted(math.ceil(m) for m, _ in sched._brackets[0]._rungs if m < max_t)
     assert asha_rungs(grace, max_t, rf) == milestones
+
+
+def _trial_folder(tmp_path, rows, present):
+    """A trial folder as Tune leaves it: result.json rows and the checkpoint folders in `present`."""
+    folder = tmp_path / "trial_0001_aaaa"
+    folder.mkdir()
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 9, "cut sh')
+    for name in present:
+        (folder / name).mkdir()
+        (folder / name / CHECKPOINT_NAME).write_bytes(b"x")
+    return folder
+
+
+def row(epoch, ckpt=None, trial="aaaa"):
+    return {"epoch": epoch, "trial_id": trial, "checkpoint_dir_name": ckpt}
+
+
+@pytest.mark.parametrize("case, rows, present, given, expected", [
+    # the snapshot lag: restored at epoch 2's checkpoint though epoch 3's row and checkpoint are there
+    ("newer own checkpoint", [row(1, "checkpoint_000000"), row(2, "checkpoint_000001"), row(3, "checkpoint_000002")],
+     ["checkpoint_000001", "checkpoint_000002"], "checkpoint_000001", "checkpoint_000002"),
+    # the newest row has no checkpoint (a crash mid-way): training again from the last checkpoint is right
+    ("newer row without a checkpoint", [row(1, "checkpoint_000000"), row(2)], ["checkpoint_000000"],
+     "checkpoint_000000", "checkpoint_000000"),
+    # the newer checkpoint was removed (keep: N): the given one stays
+    ("newer checkpoint gone", [row(1, "checkpoint_000000"), row(2, "checkpoint_000001")], ["checkpoint_000000"],
+     "checkpoint_000000", "checkpoint_000000"),
+    # PBT copying another trial's checkpoint: that trial's newer rows are not this trial's
+    ("another trial's folder", [row(1, "checkpoint_000000", "bbbb"), row(2, "checkpoint_000001", "bbbb")],
+     ["checkpoint_000000", "checkpoint_000001"], "checkpoint_000000", "checkpoint_000000"),
+    # a checkpoint no row names (its row was cut off): as given
+    ("unnamed checkpoint", [row(1, "checkpoint_000000"), row(2, "checkpoint_000001")],
+     ["checkpoint_000000", "checkpoint_000001", "checkpoint_000007"], "checkpoint_000007", "checkpoint_000007"),
+])
+def test_a_restored_trial_goes_on_from_its_newest_checkpoint_with_a_row(tmp_path, case, rows, present, given, expected):
+    folder = _trial_folder(tmp_path, rows, present)
+    got = newest_own_checkpoint(tune.Checkpoint(str(folder / given)), "aaaa")
+    assert Path(got.path).name == expected, case
