@@ -63,11 +63,14 @@ def compute_to_reach(log: list[tuple[float, float, float]], target: float) -> tu
     return None, None
 
 
-def space(base: dict[str, Any], scheduler: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
+def space(base: dict[str, Any], scheduler: str, seed: int, trials: int, epochs: int,
+          asha: tuple[int | None, float] = (None, 3)) -> dict[str, Any]:
+    """`asha`: (grace period, reduction factor); grace None = max_t / 8."""
     sched: dict[str, Any] = {"type": scheduler}
     checkpoint = {"every": epochs, "keep": 1}   # the last epoch (and the rungs): enough to test the best trial
     if scheduler == "asha":
-        sched |= {"max_t": epochs, "grace_period": max(1, epochs // 8), "reduction_factor": 3}
+        grace, rf = asha
+        sched |= {"max_t": epochs, "grace_period": grace or max(1, epochs // 8), "reduction_factor": rf}
     elif scheduler == "bohb":
         sched |= {"max_t": epochs, "reduction_factor": 3}
     elif scheduler == "pbt":
@@ -168,6 +171,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(SHARED_DATA) if SHARED_DATA.is_dir() else None)
     p.add_argument("--work", help="folder for the spaces and experiments (default: a new folder in /tmp); "
                                   "rerun with the same folder to skip the searches that finished")
+    p.add_argument("--asha-grace", type=int, default=None, help="ASHA's grace period (default max_t / 8)")
+    p.add_argument("--asha-rf", type=float, default=3, help="ASHA's reduction factor (default 3)")
+    p.add_argument("--tag", default="", help="a suffix for the JSON's name and the searches' names (other settings)")
     p.add_argument("--out", default=None, help="folder for the JSON (default bench/results)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -188,7 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[int, dict]] = {s: {} for s in args.schedulers}
     for seed in args.seeds:
         for sched in args.schedulers:
-            runs[sched][seed] = one_search(f"{sched}-seed{seed}", space(base, sched, seed, args.trials, args.epochs), work, data_dir)
+            name = f"{sched}{'-' + args.tag if args.tag and sched == 'asha' else ''}-seed{seed}"
+            runs[sched][seed] = one_search(name, space(base, sched, seed, args.trials, args.epochs,
+                                                       (args.asha_grace, args.asha_rf)), work, data_dir)
     summary, per_seed, table = aggregate(runs, args.seeds, args.schedulers)
     any_run = runs[args.schedulers[0]][args.seeds[0]]
     ease = {"test": any_run["ease_test"], "test_se": any_run["ease_test_se"], "val": any_run["ease_val"]}
@@ -215,11 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r.pop("log", None)
     payload = {"machine": machine_info(),
                "config": {"tiny": args.tiny, "seeds": args.seeds, "trials": args.trials, "epochs": args.epochs,
-                          "schedulers": args.schedulers, "within": WITHIN, "goal_asha_over_fifo": GOAL,
+                          "schedulers": args.schedulers, "asha_grace": args.asha_grace, "asha_rf": args.asha_rf, "within": WITHIN, "goal_asha_over_fifo": GOAL,
                           "work_dir": str(work), "data_dir": data_dir},
                "results": {"summary": summary, "per_seed": per_seed, "runs": runs, "ease": ease, "paper": paper,
                            "wall_s": wall}}
-    path = write_result("scheduler_efficiency", payload, argv, args.out)
+    path = write_result("scheduler_efficiency" + (f"-{args.tag}" if args.tag else ""), payload, argv, args.out,
+                        module="scheduler_efficiency")
     print(f"wrote {path}")
     return payload
 
