@@ -106,9 +106,10 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
     threads, gpus = trial_resources()
     cfg = dataclasses.replace(cfg, threads=threads, device=trial_device(gpus))
 
-    checkpoint = tune.get_checkpoint()
+    checkpoint, own = tune.get_checkpoint(), False
     if checkpoint is not None:
         checkpoint = newest_own_checkpoint(checkpoint, ctx.get_trial_id())
+        own = bool(own_checkpointed_rows(checkpoint, ctx.get_trial_id()))
         # Tune restarting this trial (a retry, a resumed search, a paused HyperBand trial), or PBT continuing
         # another trial's checkpoint with a perturbed config: the weights, optimizer moments, epoch, global step
         # (the KL schedule's position) and RNG come from the checkpoint; lr, weight decay, dropout and the anneal
@@ -128,9 +129,11 @@ def train_multivae(config: dict[str, Any], split: SplitData | None = None, check
                         if isinstance(v, (bool, int, float, str, type(None), list, tuple))}}
     reporter = TuneReporter(writer, checkpoint_epochs, checkpoint_every, split.item_ids, extra, cpu_start)
     try:
-        if state.epoch >= cfg.epochs and state.history:
-            # restored at its last epoch (`newest_own_checkpoint`): nothing to train; Tune, its scheduler and
-            # searcher get that epoch's result once more, the same row with a checkpoint, as when it ended
+        if own and state.epoch >= cfg.epochs and state.history:
+            # restored at its own last epoch (`newest_own_checkpoint`): nothing to train; Tune, its scheduler and
+            # searcher get that epoch's result once more, the same row with a checkpoint, as when it ended. (PBT
+            # copying a finished trial's last checkpoint leaves nothing to train either, but that row is the
+            # other trial's: not reported as this one's.)
             reporter.report(state.history[-1], state)
         fit(split, state=state, callback=reporter)
     except FloatingPointError as exc:
@@ -148,14 +151,8 @@ def newest_own_checkpoint(checkpoint: tune.Checkpoint, trial_id: str) -> tune.Ch
     that already has a result row with a checkpoint, and report it twice. So where the trial's result.json
     has a newer row of this trial whose checkpoint is still there, that checkpoint is the one to restore.
     A checkpoint in another trial's folder (PBT copying a better trial) is used as given."""
-    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    folder, name = posixpath.split(path)
-    try:
-        with fs.open_input_stream(posixpath.join(folder, TRIAL_RESULTS)) as f:
-            rows = parse_result_rows(f.read().decode("utf-8", errors="replace"))
-    except OSError:
-        return checkpoint
-    own = [r for r in rows if r.get("trial_id") == trial_id and isinstance(r.get("checkpoint_dir_name"), str)]
+    folder, name = posixpath.split(checkpoint.path.rstrip("/"))
+    fs, own = checkpoint.filesystem, own_checkpointed_rows(checkpoint, trial_id)
     given = [r["epoch"] for r in own if r["checkpoint_dir_name"] == name]
     if not given:
         return checkpoint
@@ -169,4 +166,16 @@ def newest_own_checkpoint(checkpoint: tune.Checkpoint, trial_id: str) -> tune.Ch
     return tune.Checkpoint(posixpath.join(folder, newest["checkpoint_dir_name"]), filesystem=fs)
 
 
-__all__ = ["REPORTED", "TuneReporter", "newest_own_checkpoint", "train_multivae", "trial_resources"]
+def own_checkpointed_rows(checkpoint: tune.Checkpoint, trial_id: str) -> list[dict[str, Any]]:
+    """The rows of trial `trial_id` with a checkpoint in the result.json beside `checkpoint`: none where the
+    checkpoint is in another trial's folder (PBT) or that file cannot be read."""
+    folder = posixpath.dirname(checkpoint.path.rstrip("/"))
+    try:
+        with checkpoint.filesystem.open_input_stream(posixpath.join(folder, TRIAL_RESULTS)) as f:
+            rows = parse_result_rows(f.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return []
+    return [r for r in rows if r.get("trial_id") == trial_id and isinstance(r.get("checkpoint_dir_name"), str)]
+
+
+__all__ = ["REPORTED", "TuneReporter", "newest_own_checkpoint", "own_checkpointed_rows", "train_multivae", "trial_resources"]

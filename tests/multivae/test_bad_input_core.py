@@ -438,4 +438,9 @@ def test_full_disk_during_training_is_exit_2_one_line_nothing_half_written(small
     errors = [line for line in err if "error:" in line]
     assert len(errors) == 1 and "checkpoint.pt: cannot write the checkpoint (No space left on device)" in errors[0], err
     assert not any("Traceback" in line for line in err)
-    assert _files(mnt) == []   # no checkpoint, no metrics.json, no temporary file
+    # no checkpoint, no metrics.json, no temporary file; only the writer's lock beside the folder (docs/faults.md),
+    # empty and free again
+    assert _files(mnt) == [".run.lock"] and (mnt / ".run.lock").stat().st_size == 0
+    from multivae.files import WriterLock
+    with WriterLock(mnt / ".run.lock", mnt / "run", "busy", "wait"):
+        pass

@@ -197,8 +197,8 @@ def _env() -> dict:
     return e
 
 
-def _session_processes(sid: int) -> dict[int, str]:
-    """Live (not zombie) processes of session `sid`: pid -> command line."""
+def _processes() -> dict[int, tuple[int, str]]:
+    """Live (not zombie) processes: pid -> (parent pid, command line)."""
     out = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -206,11 +206,24 @@ def _session_processes(sid: int) -> dict[int, str]:
         try:
             stat = (p / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out[int(p.name)] = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+            if fields[0] != "Z":
+                out[int(p.name)] = (int(fields[1]), (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200])
         except (OSError, ValueError, IndexError):
             continue   # gone meanwhile
     return out
+
+
+def _tree(root: int) -> dict[int, str]:
+    """The live processes started by `root`, at any depth, and `root` itself: pid -> command line. Ray's own
+    processes run in a session of their own (tuning.ray_compat), so the driver's session is not enough."""
+    procs = _processes()
+    tree, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in procs and pid not in tree:
+            tree[pid] = procs[pid][1]
+            frontier.extend(c for c, (ppid, _) in procs.items() if ppid == pid)
+    return tree
 
 
 def _snapshot_statuses(exp: Path) -> dict[str, str]:
@@ -246,22 +259,29 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
 
 
 def _kill_group_and_wait_until_gone(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver's process group (its own session: never anything else), then wait until no process
-    of that session is left, killing (and reporting) any survivor."""
+    """SIGKILL the driver's process group (its own session: never anything else), then wait until none of the
+    processes it had started is left (the kernel ends Ray's with the driver), killing (and reporting) any survivor."""
+    started = _tree(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass   # the driver and its group are gone already
     proc.wait(timeout=30)
     deadline = time.monotonic() + 60
-    while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
+    while (left := _processes_now(started)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for pid in left:   # ours (our session) only: never a broad kill
+    for pid in left:   # ours (started by the driver) only: never a broad kill
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     assert not left, f"processes of the killed driver survived: {left}"
+
+
+def _processes_now(known: dict[int, str]) -> dict[int, str]:
+    """Those of `known` still alive with the same command line (not a reused pid)."""
+    now = _processes()
+    return {p: c for p, c in known.items() if p in now and now[p][1] == c}
 
 
 def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
@@ -298,7 +318,7 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
                 for d in trial_dirs(exp) if exp.exists() else []:
                     rows = _rows(d)
                     if rows and not rows[-1].get("done") and any(r.get("checkpoint_dir_name") for r in rows):
-                        if rows[-1]["pid"] not in _session_processes(proc.pid):
+                        if rows[-1]["pid"] not in _tree(proc.pid):
                             continue   # that worker is gone already (its trial ended meanwhile)
                         os.kill(rows[-1]["pid"], signal.SIGKILL)
                         victim = SimpleNamespace(id=rows[-1]["trial_id"], dir=d)
