@@ -9,7 +9,7 @@ any scheduler (bench.asha_vs_fifo's `asha_on_fifo_configs` relies on the same fa
 configurations, in FIFO's order, would have seen exactly FIFO's curves, cut short. The replay runs them two
 at a time, as the searches do, each epoch taking the seconds it took in FIFO's run, and applies Ray's
 asynchronous successive halving as `ray.tune.schedulers.AsyncHyperBandScheduler` does (one bracket): at each
-rung (grace x rf^k < max_t, `tuning.space.asha_rungs`), a trial goes on only if its value there is at least
+rung (grace x rf^k < max_t, `tuning.hyperband.asha_rungs`), a trial goes on only if its value there is at least
 the (1 - 1/rf) quantile of the values recorded at that rung so far (the first trial at a rung always goes
 on). It does not replay the searcher: under ASHA, TPE sees shorter curves and proposes other points, which
 the real runs of bench.scheduler_efficiency measure. Writes bench/results/asha_replay.json (with the curves).
@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.common import fmt, machine_info, print_table, write_result
 from tuning import experiment
-from tuning.space import asha_rungs
+from tuning.hyperband import asha_rungs
 
 METRIC = "ndcg@100"
 GRACE = (2, 3, 4, 5, 8)

@@ -44,7 +44,7 @@ from ray import tune  # noqa: E402
 from bench.common import REPO_ROOT, fmt, machine_info, print_table, write_result  # noqa: E402
 from tuning import experiment, run  # noqa: E402
 from tuning.report import load_trials  # noqa: E402
-from tuning.space import asha_rungs  # noqa: E402
+from tuning.hyperband import asha_rungs  # noqa: E402
 
 METRIC = "ndcg@100"
 WITHIN = 0.99          # "within 1 % of the best"

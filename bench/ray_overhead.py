@@ -58,7 +58,8 @@ from multivae.data.split import SplitData  # noqa: E402
 from multivae.training import fit, init_state  # noqa: E402
 from tuning import trainable  # noqa: E402
 from tuning import tuner as tuning_tuner  # noqa: E402
-from tuning.space import load_space, parse_space, space_to_dict, split_trial_config  # noqa: E402
+from tuning.space import load_space, parse_space, space_to_dict  # noqa: E402
+from tuning.trial_config import split_trial_config  # noqa: E402
 
 CONCURRENT = 2   # Ray's CPUs and trials at once: the machine has 2 cores
 MB = 1e6

@@ -157,5 +157,14 @@ def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence
             "fit_s": fit_s, "time_s": time.perf_counter() - t_start}
 
 
-__all__ = ["DEFAULT_GRID", "available_memory", "check_memory", "ease_baseline", "ease_scorer", "ease_weights", "fit_ease", "gram",
-           "memory_needed"]
+def ease_run(split, lambdas: Sequence[float] | None, metrics: Sequence[str], select_metric: str, dtype: str = "float64",
+             threads: int | None = None) -> dict:
+    """`ease_baseline` as `python -m multivae.train --model ease` runs it: on `threads` torch threads when given,
+    lambda chosen from `lambdas` (None: `DEFAULT_GRID`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return ease_baseline(split, grid=lambdas or DEFAULT_GRID, metrics=metrics, select_metric=select_metric, dtype=dtype)
+
+
+__all__ = ["DEFAULT_GRID", "available_memory", "check_memory", "ease_baseline", "ease_run", "ease_scorer", "ease_weights", "fit_ease",
+           "gram", "memory_needed"]

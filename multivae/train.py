@@ -20,7 +20,6 @@ contradicts them is an error, except `--epochs` (to train longer) and the run-ti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import shlex
 import shutil
@@ -31,10 +30,12 @@ from typing import Any, Sequence
 
 from multivae.allocator import MALLOC_MODES
 from multivae.artifact import RUN_METRICS
+from multivae.beta_star import SWEEP_DIR, beta_star_report, beta_star_retrain, beta_star_sweep, sweep_run
 from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.errors import ArgParser, UserError
 from multivae.files import WriterLock, atomic_write_json, check_writable_dir, lock_beside, remove_stale_staging, staging_dir, swap_into_place
+from multivae.given_split import RETRAIN_DIR, retrain_on_train_valid, retrains, run_metrics
 from multivae.metrics import metric_definitions
 from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
 from multivae.model import ModelConfig
@@ -45,7 +46,7 @@ from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, 
 MODEL_DIR = "model"
 METRICS_NAME = RUN_METRICS
 # What a run folder holds; --overwrite replaces exactly these, and refuses a folder with anything else in it.
-RUN_ENTRIES = (CHECKPOINT_NAME, METRICS_NAME, MODEL_DIR, "beta_sweep", "retrain")
+RUN_ENTRIES = (CHECKPOINT_NAME, METRICS_NAME, MODEL_DIR, SWEEP_DIR, RETRAIN_DIR)
 # flag dest -> ModelConfig / TrainConfig key (the flags that set a config field)
 MODEL_FLAGS = {"model": "model", "likelihood": "likelihood", "hidden_dims": "hidden_dims", "latent_dim": "latent_dim",
                "dropout": "dropout", "no_normalize": "normalize_input"}
@@ -283,22 +284,6 @@ def _file_columns(path: Path, sep: str | None) -> list[str] | None:
         return None
 
 
-def beta_star_sweep(cfg: TrainConfig) -> TrainConfig:
-    """The anneal-to-1 run of the beta* recipe, with the slope of `cfg` (cap / anneal_steps per update)."""
-    if cfg.anneal_steps is None:
-        return dataclasses.replace(cfg, anneal_cap=1.0)   # the reference slope, whatever the cap
-    if cfg.anneal_steps == 0 or cfg.anneal_cap == 0:
-        raise UserError(f"--beta-star needs an annealed beta; --anneal-steps {cfg.anneal_steps} with --anneal-cap {cfg.anneal_cap} "
-                        "has no slope to sweep with")
-    return dataclasses.replace(cfg, anneal_cap=1.0, anneal_steps=round(cfg.anneal_steps / cfg.anneal_cap))
-
-
-def beta_star_retrain(cfg: TrainConfig, beta_star: float) -> TrainConfig:
-    """The retraining at cap beta*, still with the slope of `cfg`."""
-    steps = None if cfg.anneal_steps is None else round(cfg.anneal_steps * beta_star / cfg.anneal_cap)
-    return dataclasses.replace(cfg, anneal_cap=beta_star, anneal_steps=steps)
-
-
 class ProgressBar(Callback):
     """A tqdm bar on a terminal; where stderr is a file or a pipe (a log), one plain line per finished epoch
     instead, so the log holds no carriage-return frames."""
@@ -392,7 +377,7 @@ class RunFolder:
                     raise UserError(f"{out}: holds {', '.join(others[:5])}, which are not part of a run; --overwrite replaces "
                                     "the run folder as a whole: move them away, or use another --out")
                 return True
-        elif self.resume and not (out / "beta_sweep" / CHECKPOINT_NAME).exists():
+        elif self.resume and not (out / SWEEP_DIR / CHECKPOINT_NAME).exists():
             raise UserError(f"{out / CHECKPOINT_NAME}: checkpoint not found, nothing to resume")
         return False
 
@@ -437,8 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
     from multivae.data import load_dataset
-    from multivae.data.given import metric_preset, retrain_split
-    from multivae.ease import DEFAULT_GRID, ease_baseline
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -467,7 +450,7 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
     model_cfg = cfg = None
     if kind not in ("popularity", "ease"):
         if args.resume:
-            ckpt = out / CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else out / "beta_sweep" / CHECKPOINT_NAME
+            ckpt = out / CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else out / SWEEP_DIR / CHECKPOINT_NAME
             payload = load_checkpoint(ckpt)
             model_dict, train_dict = check_resume_settings(ckpt, payload, model_given, train_given, origin, args.beta_star)
             beta_star = beta_star or bool(payload.get("extra", {}).get("beta_star", False))
@@ -482,12 +465,7 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
             beta_star_sweep(cfg)   # refuses a schedule without a slope, before anything is read
     data_cfg = dataset_config_from_args(args, explicit, dataset_base)
     # Unless given, the metrics (and the selecting one) are those of the split's source: the paper's, LightGCN's, RecBole's.
-    metrics, select_metric = metric_preset(data_cfg.name, data_cfg.format, data_cfg.train)
-    if cfg is not None:
-        if "metrics" in train_dict or "select_metric" in train_dict:
-            metrics, select_metric = cfg.metrics, cfg.select_metric
-        else:
-            cfg = dataclasses.replace(cfg, metrics=tuple(metrics), select_metric=select_metric)
+    metrics, select_metric, cfg = run_metrics(data_cfg, cfg, cfg is not None and ("metrics" in train_dict or "select_metric" in train_dict))
     split = load_dataset(data_cfg, cache_dir=args.cache_dir, verbose=True)
     stats = split.stats()
     if stats["val_users_with_target"] == 0:
@@ -511,11 +489,9 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
         report |= {"model": "popularity", "val": evaluate(score, split.val_fold_in, split.val_target, metrics),
                    "test": evaluate(score, split.test_fold_in, split.test_target, metrics)}
     elif kind == "ease":
-        if args.threads:
-            import torch
-            torch.set_num_threads(args.threads)
-        report |= ease_baseline(split, grid=args.ease_lambda or DEFAULT_GRID, metrics=metrics, select_metric=select_metric,
-                                dtype=args.ease_dtype)
+        from multivae.ease import ease_run
+
+        report |= ease_run(split, args.ease_lambda, metrics, select_metric, args.ease_dtype, args.threads)
         print(f"EASE lambda = {report['lambda']:g} (validation {select_metric}: "
               + ", ".join(f"{c['lambda']:g}: {c['val'][select_metric]:.4f}" for c in report["grid"])
               + f"), {report['time_s']:.1f} s", file=sys.stderr)
@@ -526,32 +502,22 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
             print(warning, file=sys.stderr)      # before training: bf16 without bf16 hardware is right but slow
         t0 = time.perf_counter()
         if beta_star:
-            sweep_cfg = beta_star_sweep(cfg)
-            if args.resume and (out / CHECKPOINT_NAME).exists():
-                # the retraining has begun: beta* is settled, and --epochs extends the retraining, not the sweep
-                sweep = restore_state(out / "beta_sweep" / CHECKPOINT_NAME, n_items=split.n_items, item_ids=split.item_ids)
-                sweep_cfg = sweep.train_config
-            else:
-                sweep = train_one(split, model_cfg, sweep_cfg, work / "beta_sweep",
-                                  args.resume and (out / "beta_sweep" / CHECKPOINT_NAME).exists(), args.quiet, args.checkpoint_every, extra)
+            sweep, sweep_cfg = sweep_run(split, cfg, out, work, args.resume, lambda c, folder, again: train_one(
+                split, model_cfg, c, folder, again, args.quiet, args.checkpoint_every, extra))
             value = float(sweep.best["kl_weight"])
             print(f"beta* = {value:.4f} (best validation epoch {sweep.best['epoch']} of the anneal-to-1 run)", file=sys.stderr)
-            report["beta_star"] = {"value": value, "sweep_best": sweep.best, "sweep_train_config": to_dict(sweep_cfg)}
+            report["beta_star"] = beta_star_report(value, sweep, sweep_cfg)
             cfg = beta_star_retrain(cfg, value)
             resume = args.resume and (out / CHECKPOINT_NAME).exists()
         else:
             resume = args.resume
         state = train_one(split, model_cfg, cfg, work, resume, args.quiet, args.checkpoint_every, extra)
         model = best_model(state)
-        if split.info.get("retrain") == "train+valid":
-            # The chosen epochs again on train + valid; its validation rows are now training data, so the last
-            # epoch's model is tested, not the best-by-validation one.
-            epochs = int(state.best["epoch"])
+        if retrains(split):
+            epochs = int(state.best["epoch"])   # the chosen epochs again on train + valid; the last one is tested
             print(f"retraining on train + valid for {epochs} epochs (the best validation epoch)", file=sys.stderr)
-            again = train_one(retrain_split(split), model_cfg, dataclasses.replace(cfg, epochs=epochs), work / "retrain",
-                              False, args.quiet, args.checkpoint_every, extra)
-            model = again.model.eval()
-            report["retrain"] = {"on": "train+valid", "epochs": epochs}
+            model, report["retrain"] = retrain_on_train_valid(split, cfg, epochs, work, lambda s, c, folder: train_one(
+                s, model_cfg, c, folder, False, args.quiet, args.checkpoint_every, extra))
         wall = time.perf_counter() - t0
         device = next(model.parameters()).device
         epoch_times = [h["epoch_time_s"] for h in state.history]

@@ -25,7 +25,8 @@ from multivae.training import best_model, restore_state
 from tuning import experiment, ray_compat
 from tuning.experiment import TrialRecord
 from tuning.progress import per_hour_text
-from tuning.space import SearchSpace, split_trial_config
+from tuning.space import SearchSpace
+from tuning.trial_config import split_trial_config
 
 EXIT_INTERRUPTED = 130
 

@@ -129,7 +129,7 @@ def _within(dist: Any, v: Any) -> bool:
 
 def param_importances(trials: list[Trial], distributions: dict[str, Any], metric: str, mode: str) -> dict[str, float]:
     """Optuna's importances on a study rebuilt from the trials (value: each trial's best `metric`)."""
-    from tuning.space import encode_value
+    from tuning.trial_config import encode_value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")

@@ -2,8 +2,8 @@
 
     tune.with_parameters(train_multivae, split=split)   # the processed dataset goes to the object store once
 
-Per trial: build the model and training settings from the config (`tuning.space.split_trial_config`; the
-config holds plain values, `tuning.tuner` decoded the searcher's), use the CPUs and GPU Tune gave the trial,
+Per trial: build the model and training settings from the config (`tuning.trial_config.split_trial_config`;
+the config holds plain values, `tuning.tuner` decoded the searcher's), use the CPUs and GPU Tune gave the trial,
 resume from `tune.get_checkpoint()` when Tune restarts the trial (model, optimizer, epoch, global step and
 RNG state, so the KL weight goes on where it was), then train. After every epoch `tune.report(...)` gets
 the validation metrics (ndcg@100 is what ASHA and Optuna compare) and, on checkpoint epochs, a
@@ -29,8 +29,8 @@ from multivae.data.split import SplitData
 from multivae.training import Callback, TrainState, fit, init_state, restore_state, save_state
 from tuning.experiment import CPU_COLUMN, TRIAL_RESULTS, parse_result_rows
 from tuning.ray_compat import quiet_checkpoint_logs, quiet_worker_exit_on_sigterm, trial_working_dir
-from tuning.space import plain_config, split_trial_config
 from tuning.tblog import TrialWriter
+from tuning.trial_config import plain_config, split_trial_config
 
 # What every tune.report carries (all of `fit`'s epoch record, and the trial's CPU seconds): the search metric and its context.
 REPORTED = ("epoch", "global_step", "loss", "recon", "kl", "kl_weight", "ndcg@100", "recall@20", "recall@50",

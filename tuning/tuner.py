@@ -5,7 +5,7 @@ are pruned: `tuning.ray_compat.optuna_search_class`). BOHB is Ray's `TuneBOHB` s
 `HyperBandForBOHB` scheduler (the two work only together). PBT samples its population at random (Tune's
 `BasicVariantGenerator`) and then copies and perturbs it (`PopulationBasedTraining`).
 
-The searchers see list choices as their JSON text (`tuning.space`); this is the one place that decodes them:
+The searchers see list choices as their JSON text (`tuning.trial_config`); this is the one place that decodes them:
 a trial's config, and so params.json, results.json, best_config.yaml, the report and TensorBoard, holds the
 plain values (`hidden_dims: [600]`, not "[600]").
 
@@ -30,7 +30,8 @@ from multivae.training import TrainConfig
 from tuning import experiment, ray_compat, trainable
 from tuning.progress import NoTuneTensorBoard, ProgressLine, trial_dirname
 from tuning.resources import node_capacity, placement_problem
-from tuning.space import SearchSpace, decode_value, fixed_config, plain_config
+from tuning.space import SearchSpace, fixed_config
+from tuning.trial_config import decode_value, plain_config
 
 
 def start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:

@@ -205,7 +205,8 @@ def test_divergence_is_a_one_line_exit_2_and_writes_no_checkpoint(tmp_path):
 
 def test_precision_is_a_searchable_choice_in_a_yaml_space():
     from multivae.yamlfile import load_yaml_text
-    from tuning.space import parse_space, split_trial_config
+    from tuning.space import parse_space
+    from tuning.trial_config import split_trial_config
 
     text = ("fixed: {epochs: 2}\n"
             "params:\n"

@@ -1,4 +1,4 @@
-"""`python -m multivae.train`: --config, resume that keeps what was trained, implicit data, help, the beta* slope."""
+"""`python -m multivae.train`: --config, resume that keeps what was trained, implicit data, help (the beta* slope: test_beta_star.py)."""
 
 import json
 import re
@@ -13,7 +13,6 @@ import yaml
 
 from multivae import train
 from multivae.errors import UserError, run_cli
-from multivae.model import kl_weight
 from multivae.training import TrainConfig
 
 from .helpers import clustered_interactions
@@ -126,21 +125,6 @@ def test_every_flag_has_help_and_version(capsys):
             parser.parse_args(["--version"])
         assert exit_.value.code == 0
         assert re.search(r"\d+\.\d+\.\d+", capsys.readouterr().out)
-
-
-def test_beta_star_keeps_the_slope_with_explicit_anneal_steps():
-    cfg = TrainConfig(anneal_cap=0.2, anneal_steps=1000)
-    sweep = train.beta_star_sweep(cfg)
-    assert (sweep.anneal_cap, sweep.anneal_steps) == (1.0, 5000)
-    # the same beta at every step until the old cap: cap / anneal_steps per update in both runs
-    assert [kl_weight(g, sweep.anneal_cap, sweep.anneal_steps) for g in range(0, 1001, 50)] == \
-        pytest.approx([kl_weight(g, 0.2, 1000) for g in range(0, 1001, 50)])
-    assert kl_weight(5000, 1.0, sweep.anneal_steps) == 1.0
-    retrain = train.beta_star_retrain(cfg, 0.12)
-    assert (retrain.anneal_cap, retrain.anneal_steps) == (0.12, 600)
-    assert train.beta_star_sweep(TrainConfig(anneal_cap=0.2)).anneal_steps is None   # reference slope, resolved later
-    with pytest.raises(UserError, match="no slope"):
-        train.beta_star_sweep(TrainConfig(anneal_steps=0))
 
 
 def test_console_scripts_are_declared():

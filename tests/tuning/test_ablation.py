@@ -17,7 +17,8 @@ from multivae import latent
 from tuning import ablation
 from optuna.distributions import CategoricalDistribution
 
-from tuning.space import available_spaces, load_space
+from tuning.space import load_space
+from tuning.space_yaml import available_spaces
 
 
 # --- measures -------------------------------------------------------------------------------------------

@@ -383,7 +383,8 @@ def test_aws_cluster_launcher_config():
 
 def test_kuberay_rayjob_manifest_and_entrypoint():
     from tuning import run
-    from tuning.space import available_spaces, load_space, with_overrides
+    from tuning.space import load_space, with_overrides
+    from tuning.space_yaml import available_spaces
 
     job = load_manifest("kuberay-rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]

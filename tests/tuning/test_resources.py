@@ -3,8 +3,8 @@
 import pytest
 import ray
 
+from tuning.hyperband import asha_rungs
 from tuning.resources import RESOURCE_UNIT, amount_problem, count_problem, node_capacity, placement_problem, rung_count
-from tuning.space import asha_rungs
 
 
 @pytest.mark.parametrize("amount", [0.00001, 0.00005])

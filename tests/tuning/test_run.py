@@ -55,7 +55,7 @@ def test_smoke_search_end_to_end(smoke_experiment):
     best_config = yaml.safe_load((smoke_experiment.path / experiment.BEST_CONFIG).read_text())
     best_dir = next(d for d in dirs if d.name.endswith(best["trial_id"]))
     from multivae.config import to_dict
-    from tuning.space import split_trial_config
+    from tuning.trial_config import split_trial_config
 
     model_cfg, train_cfg = split_trial_config(json.loads((best_dir / "params.json").read_text()), where="best trial")
     assert best_config["model"] == to_dict(model_cfg) and best_config["train"] == to_dict(train_cfg)   # each key once

@@ -12,8 +12,10 @@ import yaml
 from multivae.errors import UserError, run_cli
 from tests.tuning.helpers import result_rows, trial_dirs
 from tuning import experiment, run
-from tuning.space import (PBT_KEEP, SPACES_DIR, hyperband_milestones, parse_space, space_to_dict,
-                          split_trial_config)
+from tuning.scheduler_settings import PBT_KEEP
+from tuning.space import parse_space, space_to_dict
+from tuning.space_yaml import SPACES_DIR
+from tuning.trial_config import split_trial_config
 
 
 def smoke(scheduler: dict, epochs: int = 9, samples: int = 6, **extra) -> dict:
@@ -24,15 +26,6 @@ def smoke(scheduler: dict, epochs: int = 9, samples: int = 6, **extra) -> dict:
     data.pop("checkpoint")
     data.update(extra)
     return data
-
-
-def test_hyperband_milestones_are_rays_brackets_by_hand():
-    # max_t 40, eta 3: s_max+1 = round(log 40 / log 3) + 1 = 4 brackets; r0 = int(40 / 3^s) = 40, 13, 4, 1,
-    # each multiplied by 3 (capped at 40) up to max_t: {13, 39}, {4, 12, 36}, {1, 3, 9, 27}
-    assert hyperband_milestones(40, 3) == [1, 3, 4, 9, 12, 13, 27, 36, 39]
-    assert hyperband_milestones(9, 3) == [1, 3]
-    # max_t 100, eta 4: r0 = 100, 25, 6, 1 -> {25}, {6, 24, 96}, {1, 4, 16, 64}
-    assert hyperband_milestones(100, 4) == [1, 4, 6, 16, 24, 25, 64, 96]
 
 
 def test_bohb_and_pbt_spaces_parse_and_round_trip():

@@ -1,6 +1,7 @@
-"""`tuning.space`: the shipped spaces, the searcher spaces they become, trial configs, and every refusal."""
+"""`tuning.space`: the shipped spaces, the searcher spaces they become, and every refusal (trial configs: test_trial_config.py)."""
 
 import copy
+import dataclasses
 import os
 import re
 
@@ -12,13 +13,17 @@ import yaml  # noqa: E402
 from multivae.errors import UserError  # noqa: E402
 from multivae.model import ModelConfig  # noqa: E402
 from multivae.training import REFERENCE_TOTAL_ANNEAL_EPOCHS, TrainConfig, batches_per_epoch, resolved_anneal_steps  # noqa: E402
-from tuning import space as sp  # noqa: E402
+from tuning import space as sp, space_yaml  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 
+from tuning.distributions import choice_values  # noqa: E402
+from tuning.scheduler_settings import SchedulerSettings  # noqa: E402
+from tuning.search_settings import SearchSettings  # noqa: E402
 from tuning.space import (  # noqa: E402
-    available_spaces, choice_values, decode_value, encode_value, fixed_config, load_space, parse_space, space_to_dict,
-    split_trial_config, validate_resources, with_overrides,
+    fixed_config, load_space, parse_space, space_to_dict, validate_resources, with_overrides,
 )
+from tuning.space_yaml import SPACES_DIR, available_spaces  # noqa: E402
+from tuning.trial_config import split_trial_config  # noqa: E402
 
 SHIPPED = ("citeulike_sized", "default", "paper", "smoke")
 PAPER_POINT = {"lr": 1e-3, "anneal_cap": 0.2, "anneal_steps": 1709, "dropout": 0.5, "latent_dim": 200,
@@ -29,7 +34,7 @@ ML1M_TRAIN_USERS = 6040 - 2 * 600
 @pytest.fixture(autouse=True)
 def in_repo(monkeypatch):
     """Messages name files relative to the working directory: run from the repository root, as a user would."""
-    monkeypatch.chdir(sp.SPACES_DIR.parent)
+    monkeypatch.chdir(SPACES_DIR.parent)
 
 
 # --- the shipped spaces ---------------------------------------------------------------------------------
@@ -136,50 +141,6 @@ def test_paper_fixes_the_paper_and_sweeps_each_cap_once():
     # the reference schedule reaches beta = epochs / 854.7 at most: caps above that would repeat a trial
     reachable = cfg.epochs / REFERENCE_TOTAL_ANNEAL_EPOCHS
     assert sorted(caps)[-2] < reachable < sorted(caps)[-1]
-
-
-# --- trial configs --------------------------------------------------------------------------------------
-
-def test_split_trial_config_routes_and_decodes():
-    model_cfg, cfg = split_trial_config({"hidden_dims": "[600, 400]", "latent_dim": 100, "dropout": 0.3,
-                                         "likelihood": "bernoulli", "lr": 0.002, "batch_size": 256,
-                                         "anneal_steps": 900, "weight_decay": 0}, where="trial t")
-    assert model_cfg == ModelConfig(hidden_dims=(600, 400), latent_dim=100, dropout=0.3, likelihood="bernoulli")
-    assert cfg == TrainConfig(lr=0.002, batch_size=256, anneal_steps=900, weight_decay=0.0)
-    assert isinstance(cfg.weight_decay, float)
-
-
-def test_split_trial_config_takes_plain_lists_and_empty_configs():
-    model_cfg, cfg = split_trial_config({"hidden_dims": [300], "metrics": ["ndcg@100", "recall@10"]}, where="t")
-    assert model_cfg.hidden_dims == (300,) and cfg.metrics == ("ndcg@100", "recall@10")
-    assert split_trial_config({"metrics": '["ndcg@100"]'}, where="t")[1].metrics == ("ndcg@100",)
-    assert split_trial_config({}, where="t") == (ModelConfig(), TrainConfig())
-
-
-@pytest.mark.parametrize("config,pattern", [
-    ({"learning_rate": 0.1}, r"^trial 7: unknown key 'learning_rate' \(allowed: model, hidden_dims, .*lr, .*seed"),
-    ({"hidden_dims": "600-300"}, r"^trial 7: hidden_dims must be a list or its JSON text like '\[600, 200\]', got '600-300'"),
-    ({"hidden_dims": '{"a": 1}'}, r"^trial 7: hidden_dims must be a list"),
-    ({"latent_dim": "200"}, r"^trial 7: latent_dim must be int, got '200'"),
-    ({"dropout": 1.0}, r"^trial 7: dropout must be in \[0, 1\), got 1.0"),
-])
-def test_split_trial_config_refusals(config, pattern):
-    with pytest.raises(UserError, match=pattern):
-        split_trial_config(config, where="trial 7")
-
-
-@pytest.mark.parametrize("value", [(600,), (600, 300), (), [800, 400, 200]])
-def test_list_choice_encoding_round_trips(value):
-    text = encode_value(value)
-    assert isinstance(text, str) and text == "[" + ", ".join(str(v) for v in value) + "]"
-    assert decode_value("hidden_dims", text) == list(value)
-    assert split_trial_config({"hidden_dims": text}, where="t")[0].hidden_dims == tuple(value)
-
-
-def test_scalars_are_not_encoded_or_decoded():
-    for v in (None, True, 3, 0.5, "multinomial"):
-        assert encode_value(v) is v
-    assert decode_value("likelihood", "[600]") == "[600]"   # only sequence fields decode
 
 
 # --- the searcher spaces --------------------------------------------------------------------------------
@@ -303,7 +264,7 @@ def test_names_may_contain_a_folder(tmp_path, monkeypatch):
     (tmp_path / "ablations").mkdir()
     (tmp_path / "ablations" / "likelihood.yaml").write_text(
         "params:\n  likelihood: {type: choice, values: [multinomial, gaussian]}\n")
-    monkeypatch.setattr(sp, "SPACES_DIR", tmp_path)
+    monkeypatch.setattr(space_yaml, "SPACES_DIR", tmp_path)
     space = load_space("ablations/likelihood")
     assert space.name == "ablations/likelihood" and space.params["likelihood"] == CategoricalDistribution(["multinomial", "gaussian"])
     assert available_spaces() == ["ablations/likelihood"]
@@ -312,15 +273,15 @@ def test_names_may_contain_a_folder(tmp_path, monkeypatch):
 def test_defaults_of_a_minimal_space():
     space = _space({"lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}})
     assert space.dataset.name == "synthetic" and space.description == ""
-    assert space.search == sp.SearchSettings() and space.scheduler == sp.SchedulerSettings("fifo")
+    assert space.search == SearchSettings() and space.scheduler == SchedulerSettings("fifo")
     assert space.resources == sp.Resources(1, 0) and space.checkpoint == sp.CheckpointSettings(1, 2)
     asha = _space({"lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}}, scheduler={"type": "asha"})
-    assert asha.scheduler == sp.SchedulerSettings("asha", max_t=10, grace_period=1, reduction_factor=4.0)
+    assert asha.scheduler == SchedulerSettings("asha", max_t=10, grace_period=1, reduction_factor=4.0)
 
 
 def test_readme_documents_every_section_and_key():
-    text = (sp.SPACES_DIR / "README.md").read_text()
-    keys = [*sp.SECTIONS, *[f.name for f in sp.dataclasses.fields(sp.SearchSettings)],
+    text = (SPACES_DIR / "README.md").read_text()
+    keys = [*sp.SECTIONS, *[f.name for f in dataclasses.fields(SearchSettings)],
             "max_t", "grace_period", "reduction_factor", "cpus_per_trial", "gpus_per_trial", "every", "keep",
             "uniform", "loguniform", "int", "choice", "step", "log"]
     assert [k for k in keys if f"`{k}`" not in text] == []

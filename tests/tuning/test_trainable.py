@@ -16,14 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.training import restore_state
 from tests.multivae.helpers import clustered_interactions
 from tests.tuning.helpers import events, result_rows, trial_dirs
 from tuning.tblog import SUBDIR
-from tuning.space import asha_rungs
 from tuning.trainable import REPORTED, newest_own_checkpoint, train_multivae
 
 EPOCHS, KILL_AT = 5, 2
@@ -43,7 +41,7 @@ class KillOnce(tune.Callback):
 
 
 def trial_config(lr):
-    """A trial's config as Tune passes it (the flat keys `tuning.space.split_trial_config` decodes)."""
+    """A trial's config as Tune passes it (the flat keys `tuning.trial_config.split_trial_config` decodes)."""
     return {"epochs": EPOCHS, "batch_size": 50, "lr": lr, "anneal_cap": 0.3, "anneal_steps": 12,
             "eval_batch_size": 100, "hidden_dims": "[40]", "latent_dim": 16}
 
@@ -161,13 +159,6 @@ def test_trial_dirs_hold_tunes_own_files(tuned):
         assert (d / "progress.csv").exists() and (d / SUBDIR).is_dir()
         assert any(p.name.startswith("events.out.tfevents") for p in d.iterdir())   # Tune's own TensorBoard logger
     assert (Path(tuned.nan.path) / "error.txt").exists()
-
-
-@pytest.mark.parametrize("grace,max_t,rf", [(2, 6, 2), (1, 200, 3), (10, 200, 2), (2, 7, 2.5), (5, 5, 2)])
-def test_asha_rungs_match_rays_brackets(grace, max_t, rf):
-    sched = ASHAScheduler(time_attr="epoch", metric="ndcg@100", mode="max", max_t=max_t, grace_period=grace, reduction_factor=rf)
-    milestones = sorted(math.ceil(m) for m, _ in sched._brackets[0]._rungs if m < max_t)
-    assert asha_rungs(grace, max_t, rf) == milestones
 
 
 def _trial_folder(tmp_path, rows, present):
