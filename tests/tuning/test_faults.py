@@ -260,14 +260,16 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
 
 def _kill_group_and_wait_until_gone(proc: subprocess.Popen) -> None:
     """SIGKILL the driver's process group (its own session: never anything else), then wait until none of the
-    processes it had started is left (the kernel ends Ray's with the driver), killing (and reporting) any survivor."""
+    processes it had started is left, killing (and reporting) any survivor. The kernel ends the raylet and GCS
+    with the driver; Ray's dashboard and runtime-env agents see their raylet gone and first try to tell the
+    (dead) GCS, which Ray 2.60 gives 60 s (`publish_error_to_driver`), so they go about a minute later."""
     started = _tree(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass   # the driver and its group are gone already
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while (left := _processes_now(started)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in left:   # ours (started by the driver) only: never a broad kill
