@@ -9,7 +9,8 @@ time:   the smoke space (search_spaces/smoke.yaml) with FIFO instead of ASHA and
         trial trains to the end, run through the product's code path: `tuning.tuner.new_tuner` (OptunaSearch,
         the concurrency limit, `tune.with_parameters`, TensorBoard, checkpoints) and
         `tuning.trainable.train_multivae`, 1 CPU per trial, 2 at a time, twice in one run: BEFORE with a new
-        worker process per trial (`resources.reuse_actors: false`, the default), AFTER with reused actors.
+        worker process per trial (`resources.reuse_actors: false`, the default until 2026-12-07), AFTER with
+        the space's defaults (reused worker processes).
         CPU overhead per trial = (all worker processes' CPU + the driver's - the direct runs') / trials. Per
         trial, from timestamps: the
         driver's clock when Tune creates the trial, when its actor has started and when Tune sees it
@@ -100,14 +101,19 @@ def object_store_bytes() -> int | None:
 
 # --- part 1: time ------------------------------------------------------------------------------------
 
-def overhead_space(trials: int, epochs: int, reuse_actors: bool = False):
-    """The smoke space, FIFO instead of ASHA and `epochs` epochs: every trial does the work its direct twin does."""
+def overhead_space(trials: int, epochs: int, reuse_actors: bool | None = None):
+    """The smoke space, FIFO instead of ASHA and `epochs` epochs: every trial does the work its direct twin does.
+    `reuse_actors` None: the default (`tuning.space.reuse_default`)."""
     smoke = load_space("smoke")
     data = space_to_dict(smoke)
     data["fixed"]["epochs"] = epochs
     data["scheduler"] = {"type": "fifo"}
     data["search"].update(num_samples=trials, max_concurrent=CONCURRENT)
-    data["resources"].update(cpus_per_trial=1, gpus_per_trial=0, reuse_actors=reuse_actors)
+    data["resources"].update(cpus_per_trial=1, gpus_per_trial=0)
+    if reuse_actors is None:
+        data["resources"].pop("reuse_actors", None)
+    else:
+        data["resources"]["reuse_actors"] = reuse_actors
     return parse_space(data, smoke.source, name="smoke")
 
 
@@ -403,9 +409,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise RuntimeError(f"Ray's node address is {node_ip}, not 127.0.0.1: Ray was imported before "
                                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set")
             print(f"search: {args.trials} trials of {args.epochs} epoch(s), smoke space ({split.format_stats()})", flush=True)
-            # before / after in one run, on one Ray: a new worker process per trial (the default), then reused actors
-            fresh = ray_search(space, split, tmp, name="fresh")
-            search = ray_search(overhead_space(args.trials, args.epochs, reuse_actors=True), split, tmp, name="reused")
+            # before / after in one run, on one Ray: a new worker process per trial (the old default), then the defaults
+            fresh = ray_search(overhead_space(args.trials, args.epochs, reuse_actors=False), split, tmp, name="fresh")
+            assert space.resources.reuse_actors, "the defaults reuse worker processes"
+            search = ray_search(space, split, tmp, name="defaults")
             print(f"memory: split of {dataset_bytes / MB:.0f} MB, {args.memory_trials} trials per case", flush=True)
             cases = {c: memory_case(c, mem_split, args.memory_trials, tmp) for c in ("none", "with_parameters", "config")}
         finally:
@@ -417,8 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(search, direct, init_s)
     before = summarize(fresh, direct, init_s)
     verdict = memory_verdict(cases, dataset_bytes)
-    print_time_table(before, args.trials, args.epochs, "BEFORE (a process per trial, the default) ")
-    print_time_table(summary, args.trials, args.epochs, "AFTER (resources.reuse_actors: true) ")
+    print_time_table(before, args.trials, args.epochs, "BEFORE (a process per trial: reuse_actors false, the old default) ")
+    print_time_table(summary, args.trials, args.epochs, "AFTER (the defaults: reused worker processes) ")
     reuse = {"cpu_overhead_per_trial_s_before": before["cpu_overhead_per_trial_s"],
              "cpu_overhead_per_trial_s_after": summary["cpu_overhead_per_trial_s"],
              "after_over_before": summary["cpu_overhead_per_trial_s"] / before["cpu_overhead_per_trial_s"],

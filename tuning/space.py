@@ -47,13 +47,22 @@ from tuning.trial_config import build_configs, decode_value, encode_value, plain
 SECTIONS = ("description", "dataset", "fixed", "params", "search", "scheduler", "resources", "checkpoint")
 
 
+def reuse_default(scheduler_type: str) -> bool:
+    """`resources.reuse_actors` when the space does not set it: reused worker processes (about 1 CPU s per trial
+    instead of 7.5, bench/ray_overhead.py), except under PBT, where Ray 2.60 loses result rows of trials it
+    restores into a reused actor."""
+    return scheduler_type != "pbt"
+
+
 # --- the typed objects --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
-    reuse_actors: bool = False   # true: a finished trial's worker process runs the next trial (see search_spaces/README.md)
+    # a finished trial's worker process runs the next trial (search_spaces/README.md); the default is true except
+    # with pbt (`reuse_default`)
+    reuse_actors: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ def _parse(data: Any, *, source: str, label: str, name: str) -> SearchSpace:
     search = parse_search(p, data.get("search"), params, train_cfg)
     scheduler = parse_scheduler(p, data.get("scheduler"), params, train_cfg)
     res = p.mapping(data.get("resources"), "resources", ("cpus_per_trial", "gpus_per_trial", "reuse_actors"))
-    reuse = res.get("reuse_actors", Resources.reuse_actors)
+    reuse = res.get("reuse_actors", reuse_default(scheduler.type))
     if not isinstance(reuse, bool):
         p.fail(f"resources.reuse_actors must be true or false, got {short_repr(reuse)}")
     if reuse and scheduler.type == "pbt":   # measured with Ray 2.60: exploited trials lose result rows
@@ -242,5 +251,5 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
 
 __all__ = [
     "SECTIONS", "CheckpointSettings", "Resources", "SearchSpace", "fixed_config", "load_space", "parse_space",
-    "space_to_dict", "space_to_yaml", "validate_resources", "with_overrides",
+    "reuse_default", "space_to_dict", "space_to_yaml", "validate_resources", "with_overrides",
 ]

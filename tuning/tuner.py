@@ -230,9 +230,10 @@ def new_tuner(space: SearchSpace, split, *, name: str, root: str, max_failures: 
         failure_config=tune.FailureConfig(max_failures=max_failures),
         sync_config=tune.SyncConfig(sync_artifacts=True),   # uploads the trials' TensorBoard runs (tuning.trainable)
         callbacks=[NoTuneTensorBoard(), *progress, *callbacks])
-    # reuse_actors (off by default): a worker that finished a trial starts the next one (Tune resets the function
-    # trainable with the new config; `train_multivae` builds all its state from that config) instead of a new
-    # process that imports torch and Ray again. search_spaces/README.md says what it breaks in Ray 2.60.
+    # reuse_actors (on by default, off with pbt): a worker that finished a trial starts the next one (Tune resets
+    # the function trainable with the new config; `train_multivae` builds all its state from that config and a
+    # restored trial goes on from its newest own checkpoint) instead of a new process that imports torch and Ray
+    # again. search_spaces/README.md says why pbt keeps it off.
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=_scheduler(space), num_samples=search.num_samples,
                                   trial_dirname_creator=trial_dirname, reuse_actors=space.resources.reuse_actors)
     return tune.Tuner(_trainable(space, split), param_space=param_space(space), tune_config=tune_config, run_config=run_config)

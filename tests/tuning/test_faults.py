@@ -347,7 +347,9 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
                         capture_output=True, text=True, timeout=400)
     assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-3000:]
     res = json.loads((exp / experiment.RESULTS).read_text())
-    assert res["resumed"] and res["trials"]["total"] == N and res["trials"]["errored"] == 1 and res["trials"]["unfinished"] == 0
+    errors = {d.name: (d / "error.txt").read_text()[-800:] for d in trial_dirs(exp) if (d / "error.txt").exists()}
+    assert res["resumed"] and res["trials"]["total"] == N and res["trials"]["errored"] == 1 and res["trials"]["unfinished"] == 0, (
+        res["trials"], victim.dir.name, errors, r2.stdout[-3000:], r2.stderr[-3000:])
     assert (victim.dir / "result.json").read_text() == victim_text and (victim.dir / "error.txt").exists()
     for d, text in finished.items():
         assert (exp / d / "result.json").read_text() == text, d

@@ -63,6 +63,16 @@ def test_bad_scheduler_keys_get_one_line(scheduler, extra, pattern):
         parse_space(smoke(scheduler, **extra), "s.yaml")
 
 
+@pytest.mark.parametrize("scheduler,default", [
+    ({"type": "fifo"}, True), ({"type": "asha", "max_t": 9, "grace_period": 1}, True),
+    ({"type": "bohb", "max_t": 9}, True), ({"type": "pbt", "perturbation_interval": 3}, False),
+])
+def test_reused_workers_are_the_default_except_with_pbt(scheduler, default):
+    assert parse_space(smoke(scheduler), "s.yaml").resources.reuse_actors is default
+    off = parse_space(smoke(scheduler, resources={"reuse_actors": False}), "s.yaml")
+    assert off.resources.reuse_actors is False and parse_space(space_to_dict(off), "s.yaml") == off
+
+
 def test_bohb_configs_with_numpy_scalars_build_trials():
     # TuneBOHB's ConfigSpace samples numpy scalars: they must reach the dataclasses as Python values
     model_cfg, cfg = split_trial_config({"latent_dim": np.int64(16), "hidden_dims": np.str_("[64]"), "lr": np.float64(1e-3)}, "t")
@@ -105,6 +115,9 @@ def test_bohb_search_pauses_and_resumes_trials_from_their_rung_checkpoints(ray_s
         assert isinstance(config["hidden_dims"], list) and type(config["latent_dim"]) is int, (d.name, config)
     assert resumed >= 1
     assert res["val"]["ndcg@100"] > 0 and res["test"]["ndcg@100"] > 0
+    # reused workers (the default): 5 trials, 2 at a time, paused and resumed, in fewer worker processes
+    pids = {r["pid"] for d in trial_dirs(exp) for r in result_rows(d)}
+    assert len(pids) < counts["total"], pids
 
 
 def test_pbt_search_copies_checkpoints_and_perturbs_within_the_ranges(ray_session, tmp_path):

@@ -123,7 +123,8 @@ def test_default_starts_with_the_paper_config():
     assert model_cfg == ModelConfig(hidden_dims=(600,), latent_dim=200, dropout=0.5, likelihood="multinomial")
     assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.anneal_cap, cfg.epochs) == (1e-3, 500, 0.0, 0.2, 100)
     sched = space.scheduler
-    assert (sched.type, sched.max_t, sched.grace_period, sched.reduction_factor) == ("asha", 100, 20, 3.0)
+    assert (sched.type, sched.max_t, sched.grace_period, sched.reduction_factor) == ("asha", 100, 5, 5.0)
+    assert space.resources.reuse_actors   # the default: reused worker processes
     assert (space.search.num_samples, space.search.max_concurrent) == (40, 2)
     assert set(space.params) == {"lr", "anneal_cap", "anneal_steps", "dropout", "latent_dim", "hidden_dims",
                                  "batch_size", "weight_decay", "likelihood"}
