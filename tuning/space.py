@@ -48,8 +48,8 @@ SECTIONS = ("description", "dataset", "fixed", "params", "search", "scheduler", 
 
 
 def reuse_default(scheduler_type: str) -> bool:
-    """`resources.reuse_actors` when the space does not set it: reused worker processes (about 1 CPU s per trial
-    instead of 7.5, bench/ray_overhead.py), except under PBT, where Ray 2.60 loses result rows of trials it
+    """`resources.reuse_actors` when the space does not set it: reused worker processes (0.8 CPU s of overhead per trial
+    instead of 3.6, bench/ray_overhead.py), except under PBT, where Ray 2.60 loses result rows of trials it
     restores into a reused actor."""
     return scheduler_type != "pbt"
 
