@@ -30,7 +30,7 @@ def fit(data: Any = "synthetic", out: str | Path = "runs/train", **options: Any)
     The result's `.metrics` holds the validation and test metrics; the popularity baseline has no model to
     keep, so for it the metrics.json contents come back instead.
     """
-    from multivae import train
+    from multivae import train_cli as train
     from multivae.errors import UserError, api_call, check_keyword_text
     from multivae.recommend import load
 

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "search_spaces" / "README.md",
          REPO / "bench" / "README.md"]
 # `python -m <module>` and the console scripts (pyproject.toml) -> the module whose `_parser()` reads their flags
-CLIS = {"multivae.train": "multivae.train", "multivae.recommend": "multivae.recommend", "tuning.run": "tuning.run",
-        "tuning.report": "tuning.report", "tuning.ablation": "tuning.ablation", "multivae-train": "multivae.train",
+CLIS = {"multivae.train": "multivae.train_cli", "multivae.recommend": "multivae.recommend", "tuning.run": "tuning.run",
+        "tuning.report": "tuning.report", "tuning.ablation": "tuning.ablation", "multivae-train": "multivae.train_cli",
         "multivae-recommend": "multivae.recommend", "multivae-tune": "tuning.run", "multivae-report": "tuning.report"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

@@ -198,7 +198,7 @@ def test_movielens_ids_with_a_leading_zero_are_an_error_not_another_id(tmp_path)
 
 def test_the_separator_message_names_an_option_that_exists(tmp_path):
     from multivae.data import DatasetConfig, load_dataset
-    from multivae.train import _parser, dataset_config_from_args, explicit_flags
+    from multivae.train_cli import _parser, dataset_config_from_args, explicit_flags
 
     path = _write(tmp_path / "d.dat", "user;item\n" + "".join(f"{u};{i}\n" for u in range(1, 9) for i in range(u, u + 6)))
     with pytest.raises(UserError, match=r"use \.csv, \.tsv, \.txt or \.parquet, or give the separator \(--sep, or sep: in the dataset "

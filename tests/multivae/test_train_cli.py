@@ -117,7 +117,7 @@ def test_a_split_without_validation_targets_is_refused_before_training(tmp_path)
 
 
 def test_every_flag_has_help_and_version(capsys):
-    for mod in ("multivae.train", "multivae.recommend"):
+    for mod in ("multivae.train_cli", "multivae.recommend"):
         parser = __import__(mod, fromlist=["_parser"])._parser()
         missing = [a.option_strings for a in parser._actions if not a.help]
         assert missing == [], (mod, missing)
@@ -131,7 +131,7 @@ def test_console_scripts_are_declared():
     tomllib = pytest.importorskip("tomllib")   # Python 3.11+
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["multivae-train"] == "multivae.train:cli" and scripts["multivae-recommend"] == "multivae.recommend:cli"
+    assert scripts["multivae-train"] == "multivae.train_cli:cli" and scripts["multivae-recommend"] == "multivae.recommend:cli"
     for target in (scripts["multivae-train"], scripts["multivae-recommend"]):
         mod, fn = target.split(":")
         assert callable(getattr(__import__(mod, fromlist=[fn]), fn))

@@ -311,23 +311,28 @@ def test_driver_sigkill_then_resume_then_retry_errored(tmp_path):
     # 1. the first run: one trial's worker dies (max_failures 0: the trial errors); once Tune's snapshot has a
     #    finished trial and the errored one, the driver and everything it started are SIGKILLed
     proc = _start(["--space", str(space_file), "--overwrite", *common], tmp_path / "run1.log")
-    victim = None
+    killed = victim = None
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
-            if victim is None:
+            if killed is None:
                 for d in trial_dirs(exp) if exp.exists() else []:
                     rows = _rows(d)
                     if rows and not rows[-1].get("done") and any(r.get("checkpoint_dir_name") for r in rows):
                         if rows[-1]["pid"] not in _tree(proc.pid):
                             continue   # that worker is gone already (its trial ended meanwhile)
-                        os.kill(rows[-1]["pid"], signal.SIGKILL)
-                        victim = SimpleNamespace(id=rows[-1]["trial_id"], dir=d)
+                        killed = rows[-1]["pid"]
+                        os.kill(killed, signal.SIGKILL)
                         break
             else:
+                # the victim is the trial that worker was running: with reused workers (the default) it may
+                # have moved on from the trial whose row named it to the next one
                 statuses = _snapshot_statuses(exp)
-                if statuses.get(victim.id) == "ERROR" and "TERMINATED" in statuses.values():
+                errored = [t for t, status in statuses.items() if status == "ERROR"]
+                if errored and "TERMINATED" in statuses.values():
+                    assert len(errored) == 1, statuses
+                    victim = SimpleNamespace(id=errored[0], dir=next(d for d in trial_dirs(exp) if d.name.endswith(f"_{errored[0]}")))
                     break
             time.sleep(0.1)
         else:
