@@ -5,6 +5,8 @@
     <dir>/weights.pt        the model's state_dict (best-by-validation weights), read with weights_only=True
     <dir>/interactions.npz  item ids, user ids and, as CSR (indptr, indices), every item each known user has:
                             training rows, and fold-in *and* held-out target rows of validation and test users
+    <dir>/ease_weights.npy  only for a model blended with EASE (train.ease_blend, multivae.blend): EASE's
+                            items x items matrix B, float32, read with allow_pickle=False
 
 `multivae.train` writes `<out>/model/`; the search's final step writes `<experiment>/best_model/` with the
 same `save_model_dir`. Nothing here reads the processed-split cache, so deleting the cache (or moving the
@@ -35,11 +37,12 @@ VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
 INTERACTIONS = "interactions.npz"
+EASE_WEIGHTS = "ease_weights.npy"
 # Where a model folder sits inside the folders users point at: a train run, a search experiment.
 MODEL_SUBDIRS = ("model", "best_model")
 RUN_METRICS = "metrics.json"   # a train run's summary, beside its checkpoint.pt and model/
 # Files that mark a folder as a model folder or a run: no output of another command is written inside one.
-OWNED_MARKERS = (MODEL_JSON, WEIGHTS, INTERACTIONS, CHECKPOINT_NAME, RUN_METRICS)
+OWNED_MARKERS = (MODEL_JSON, WEIGHTS, INTERACTIONS, EASE_WEIGHTS, CHECKPOINT_NAME, RUN_METRICS)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ModelDir:
     user_ids: np.ndarray          # row r of `known` is original user user_ids[r]
     known: sp.csr_matrix          # users x items, binary: everything the data says each user has
     meta: dict                    # the rest of model.json (metrics, dataset, command, ...)
+    ease_weights: torch.Tensor | None = None   # EASE's B of a blended model (meta["ease_blend"]: weight, lambda)
 
 
 def known_from_split(split) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -81,13 +85,14 @@ def _plain_ids(ids: Any) -> np.ndarray:
 def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], model_config: ModelConfig | Mapping,
                    item_ids: Any, known: tuple[Any, sp.csr_matrix], metrics: Mapping | None = None, command: str | None = None, *,
                    dataset: Mapping | None = None, source_path: str | None = None, train_config: Mapping | None = None,
-                   extra: Mapping | None = None) -> Path:
+                   extra: Mapping | None = None, ease_weights: torch.Tensor | None = None) -> Path:
     """Write the model folder `path` (replacing one that is there, only once the new one is complete).
 
     model: the trained module or its state_dict (the best-by-validation weights); model_config: its config;
     item_ids: original id of every item column; known: (user ids, CSR users x items), e.g. `known_from_split`;
     metrics: what to record (validation/test metrics, best epoch); command: how it was trained;
     dataset: the dataset config as a dict (lets `recommend` find MovieLens titles); source_path: the ratings file.
+    ease_weights: EASE's B when `train_config` blends the model with EASE (ease_blend > 0), else None.
     """
     path = Path(path)
     cfg = model_config if isinstance(model_config, ModelConfig) else from_dict(ModelConfig, model_config, where="model_config")
@@ -98,11 +103,19 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
     if rows.shape != (len(user_ids), len(item_ids)):
         raise ValueError(f"known rows are {rows.shape}, expected {len(user_ids)} users x {len(item_ids)} items")
     build_model(len(item_ids), cfg).load_state_dict(state)   # the weights must fit the config: fail here, not at load
+    blend = float((train_config or {}).get("ease_blend") or 0.0)
+    if (ease_weights is not None) != (blend > 0):
+        raise ValueError(f"ease_weights must be given exactly when train_config's ease_blend > 0 (ease_blend {blend})")
+    if ease_weights is not None and tuple(ease_weights.shape) != (len(item_ids), len(item_ids)):
+        raise ValueError(f"ease_weights are {tuple(ease_weights.shape)}, expected {len(item_ids)} x {len(item_ids)} items")
     meta = {"format": FORMAT, "version": VERSION, "model_config": to_dict(cfg), "n_items": len(item_ids),
             "n_users": len(user_ids), "n_interactions": int(rows.nnz), "score": score_meaning(cfg, len(item_ids)),
             "dataset": dict(dataset) if dataset is not None else None, "source_path": source_path,
             "train_config": dict(train_config) if train_config is not None else None,
             "metrics": dict(metrics or {}), "command": command, "multivae_version": _version(), **dict(extra or {})}
+    if blend > 0:
+        meta["ease_blend"] = {"weight": blend, "lambda": float(train_config["ease_lambda"]), "file": EASE_WEIGHTS}
+        meta["score"] = blend_score_meaning(blend)
 
     tmp = staging_dir(path)
     try:
@@ -113,6 +126,10 @@ def save_model_dir(path: str | Path, model: torch.nn.Module | Mapping[str, torch
         np.savez_compressed(buf, item_ids=item_ids, user_ids=user_ids, indptr=rows.indptr.astype(np.int64),
                             indices=rows.indices.astype(np.int32))
         atomic_write_bytes(tmp / INTERACTIONS, buf.getvalue())
+        if ease_weights is not None:
+            buf = io.BytesIO()
+            np.save(buf, ease_weights.detach().to("cpu", torch.float32).numpy(), allow_pickle=False)
+            atomic_write_bytes(tmp / EASE_WEIGHTS, buf.getvalue())
         atomic_write_json(tmp / MODEL_JSON, meta)    # last: a folder with model.json is complete
         swap_into_place(tmp, path)
     except BaseException:
@@ -134,6 +151,12 @@ def score_meaning(cfg: ModelConfig, n_items: int) -> str:
     if cfg.likelihood == "bernoulli":
         return "probability: sigmoid of the item's logit, the Bernoulli likelihood's chance that the user has the item"
     return "predicted value: the Gaussian likelihood's mean for the 0/1 entry (a score for ranking, not a probability)"
+
+
+def blend_score_meaning(weight: float) -> str:
+    """What the `score` column is for a model blended with EASE (multivae.blend)."""
+    return (f"blend score: {1 - weight:g} x the model's standardized logits + {weight:g} x EASE's standardized scores, per user "
+            "(a score for ranking, not a probability)")
 
 
 def find_model_dir(path: str | Path) -> Path | None:
@@ -192,10 +215,36 @@ def load_model_dir(path: str | Path) -> ModelDir:
         raise UserError(f"{inter_path}: not a readable interactions file ({exc.__class__.__name__})") from None
     _check_interactions(inter_path, arrays, n_items, n_users)
     item_ids, user_ids, indptr, indices = (arrays[k] for k in ("item_ids", "user_ids", "indptr", "indices"))
+    ease_weights = _read_ease_weights(path, meta, n_items)
     model = build_model(n_items, cfg)
     model.load_state_dict(state)
     known = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(user_ids), n_items))
-    return ModelDir(path, model.eval(), cfg, item_ids, user_ids, known, meta)
+    return ModelDir(path, model.eval(), cfg, item_ids, user_ids, known, meta, ease_weights)
+
+
+def _read_ease_weights(path: Path, meta: dict, n_items: int) -> torch.Tensor | None:
+    """A blended model's EASE matrix, checked against model.json (None for a model that is not blended)."""
+    meta_path, file = path / MODEL_JSON, path / EASE_WEIGHTS
+    blend = meta.get("ease_blend")
+    train_blend = (meta.get("train_config") or {}).get("ease_blend") if isinstance(meta.get("train_config"), dict) else None
+    if blend is None:
+        if train_blend:
+            raise UserError(f"{meta_path}: train_config.ease_blend is {train_blend!r} but ease_blend (weight, lambda) is missing")
+        return None
+    weight = blend.get("weight") if isinstance(blend, dict) else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
+        raise UserError(f"{meta_path}: ease_blend.weight must be a number in (0, 1), got {short_repr(weight)}")
+    try:
+        b = np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{file}: file not found (the model is blended with EASE: ease_blend in {MODEL_JSON})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{file}: not a readable EASE matrix ({exc.__class__.__name__})") from None
+    if b.dtype != np.float32 or b.shape != (n_items, n_items):
+        raise UserError(f"{file}: must be a float32 {n_items} x {n_items} matrix, got {b.dtype} of shape {list(b.shape)}")
+    if not np.isfinite(b).all():
+        raise UserError(f"{file}: holds values that are not finite")
+    return torch.from_numpy(b)
 
 
 def _check_interactions(path: Path, arrays: dict[str, np.ndarray], n_items: int, n_users: int) -> None:
@@ -215,5 +264,5 @@ def _check_interactions(path: Path, arrays: dict[str, np.ndarray], n_items: int,
         raise UserError(f"{path}: item index {bad} is outside the {n_items} items of {MODEL_JSON}")
 
 
-__all__ = ["FORMAT", "INTERACTIONS", "MODEL_JSON", "VERSION", "WEIGHTS", "ModelDir", "find_model_dir", "known_from_split",
+__all__ = ["EASE_WEIGHTS", "FORMAT", "INTERACTIONS", "blend_score_meaning", "MODEL_JSON", "VERSION", "WEIGHTS", "ModelDir", "find_model_dir", "known_from_split",
            "load_model_dir", "save_model_dir", "score_meaning"]

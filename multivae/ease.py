@@ -157,6 +157,17 @@ def ease_baseline(split, grid: Sequence[float] = DEFAULT_GRID, metrics: Sequence
             "fit_s": fit_s, "time_s": time.perf_counter() - t_start}
 
 
+def ease_yardstick(split, metrics: Sequence[str], select_metric: str) -> dict:
+    """EASE on the same users as a model it stands next to, λ chosen on validation, with its per-user values
+    under "per_user" (for the paired difference): what the search's final step and `multivae.train` report. A
+    catalogue too large for this machine's memory is recorded as skipped, with the reason."""
+    try:
+        out = ease_baseline(split, metrics=metrics, select_metric=select_metric, baselines=False, per_user=True)
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    return {k: v for k, v in out.items() if k in ("lambda", "select_metric", "grid", "val", "test", "dtype", "time_s", "per_user")}
+
+
 def ease_run(split, lambdas: Sequence[float] | None, metrics: Sequence[str], select_metric: str, dtype: str = "float64",
              threads: int | None = None) -> dict:
     """`ease_baseline` as `python -m multivae.train --model ease` runs it: on `threads` torch threads when given,
@@ -167,4 +178,4 @@ def ease_run(split, lambdas: Sequence[float] | None, metrics: Sequence[str], sel
 
 
 __all__ = ["DEFAULT_GRID", "available_memory", "check_memory", "ease_baseline", "ease_run", "ease_scorer", "ease_weights", "fit_ease",
-           "gram", "memory_needed"]
+           "ease_yardstick", "gram", "memory_needed"]

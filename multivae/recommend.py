@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from multivae.artifact import ModelDir, find_model_dir, known_from_split, load_model_dir, score_meaning
+from multivae.artifact import ModelDir, blend_score_meaning, find_model_dir, known_from_split, load_model_dir, score_meaning
 from multivae.batch import SparseBatch
 from multivae.checkpoint import check_weights, load_checkpoint
 from multivae.config import from_dict
@@ -52,11 +52,12 @@ def load_model_for_inference(path: str | Path) -> tuple[torch.nn.Module, np.ndar
 
 @torch.no_grad()
 def top_k(model: torch.nn.Module, rows: sp.csr_matrix, k: int, batch_size: int = 2000,
-          mask: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+          mask: sp.csr_matrix | None = None, blend: tuple[float, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices, scores), each (n_rows, min(k, I)), best first. `rows` are the model's input; the items of
     `mask` (default: `rows`) are never returned: their slots, when the catalogue runs out, score -inf.
     Scores are on the likelihood's scale (`multivae.artifact.score_meaning`): softmax probabilities over the
-    whole catalogue for the multinomial, sigmoids for the Bernoulli, the logits themselves for the Gaussian."""
+    whole catalogue for the multinomial, sigmoids for the Bernoulli, the logits themselves for the Gaussian.
+    `blend` (weight, EASE's B) ranks by the model's blend with EASE (multivae.blend) and returns its scores."""
     if k < 1:
         raise UserError(f"k must be >= 1, got {k}")
     mask = rows if mask is None else mask
@@ -66,9 +67,16 @@ def top_k(model: torch.nn.Module, rows: sp.csr_matrix, k: int, batch_size: int =
     likelihood = model.config.likelihood
     device = next(model.parameters()).device
     idx, val = [], []
+    blended = None
+    if blend is not None:
+        from multivae.blend import blend_scorer
+        from multivae.ease import ease_scorer
+        from multivae.evaluate import model_scorer
+
+        blended, likelihood = blend_scorer(model_scorer(model), ease_scorer(blend[1]), blend[0]), "blend"
     for start in range(0, rows.shape[0], batch_size):
         x = SparseBatch.from_csr(rows, slice(start, start + batch_size)).to(device)
-        logits = model(x)[0].float()
+        logits = model(x)[0].float() if blended is None else blended(x)
         lse = torch.logsumexp(logits, dim=1, keepdim=True) if likelihood == "multinomial" else None
         m = SparseBatch.from_csr(mask, slice(start, start + batch_size)).to(device)
         logits[m.row_of_each(), m.indices] = -torch.inf
@@ -127,6 +135,7 @@ class Recommender:
                  known: sp.csr_matrix | None = None, titles: pd.DataFrame | None = None, meta: dict | None = None,
                  path: Path | None = None, device: str = "cpu") -> None:
         self.model = model.eval().to(device)
+        self.ease_weights: torch.Tensor | None = None   # a model blended with EASE (from_model_dir sets it)
         self.item_ids = np.asarray(item_ids)
         self.user_ids, self.known = user_ids, known
         self.titles = titles
@@ -137,7 +146,16 @@ class Recommender:
         self._split_users = None   # legacy checkpoints: loads the cached split on first use
 
     @property
+    def blend(self) -> tuple[float, torch.Tensor] | None:
+        """(weight, EASE's B) of a model blended with EASE, else None."""
+        if self.ease_weights is None:
+            return None
+        return float(self.meta["ease_blend"]["weight"]), self.ease_weights
+
+    @property
     def score_meaning(self) -> str:
+        if self.blend is not None:
+            return blend_score_meaning(self.blend[0])
         return score_meaning(self.model.config, len(self.item_ids))
 
     @classmethod
@@ -146,7 +164,9 @@ class Recommender:
 
         where = titles if titles is not None else titles_mod.locate(md.meta.get("dataset"), md.meta.get("source_path"))
         table = titles_mod.read_titles(where) if where is not None else None
-        return cls(md.model, md.item_ids, md.user_ids, md.known, table, md.meta, md.path, device)
+        rec = cls(md.model, md.item_ids, md.user_ids, md.known, table, md.meta, md.path, device)
+        rec.ease_weights = md.ease_weights
+        return rec
 
     # --- input rows -------------------------------------------------------------------------------------
     def rows_for_users(self, users: Sequence) -> tuple[sp.csr_matrix, list]:
@@ -209,7 +229,7 @@ class Recommender:
         return self._frame(list(self.user_ids), self.known, k, batch_size)
 
     def _frame(self, users: list, rows: sp.csr_matrix, k: int, batch_size: int) -> pd.DataFrame:
-        idx, scores = top_k(self.model, rows, k, batch_size)
+        idx, scores = top_k(self.model, rows, k, batch_size, blend=self.blend)
         keep = np.isfinite(scores)
         short = int((~keep).any(axis=1).sum())
         if short:

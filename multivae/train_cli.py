@@ -31,13 +31,15 @@ from typing import Any, Sequence
 from multivae.allocator import MALLOC_MODES
 from multivae.artifact import RUN_METRICS
 from multivae.beta_star import SWEEP_DIR, beta_star_report, beta_star_retrain, beta_star_sweep, sweep_run
+from multivae.blend import blend_ease_weights, trained_scorer
 from multivae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from multivae.config import from_dict, to_dict
+from multivae.ease import ease_yardstick
 from multivae.errors import ArgParser, UserError
 from multivae.files import WriterLock, atomic_write_json, check_writable_dir, lock_beside, remove_stale_staging, staging_dir, swap_into_place
 from multivae.given_split import RETRAIN_DIR, retrain_on_train_valid, retrains, run_metrics
 from multivae.metrics import metric_definitions
-from multivae.evaluate import evaluate, evaluate_on_split, model_scorer, popularity_scorer
+from multivae.evaluate import evaluate, evaluate_on_split, paired_difference, popularity_scorer
 from multivae.model import ModelConfig
 from multivae.precision import bf16_speed_warning
 from multivae.training import (ADAM_KERNELS, PRECISIONS, Callback, TrainConfig, TrainState, best_model, fit, init_state, resolve_device, restore_state,
@@ -530,14 +532,21 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
             "wall_s": wall,
             "history": state.history,
         }
-        # the protocol's last step, as the search's: the best model on validation and test, popularity beside it
-        report |= evaluate_on_split(model_scorer(model), split, cfg.metrics, cfg.eval_batch_size, device)
+        # the protocol's last step, as the search's: the best model on validation and test, popularity and EASE
+        # beside it on the same users, with the paired differences (train.ease_blend: the model beside EASE)
+        ease_weights = blend_ease_weights(cfg, split.train)
+        report |= evaluate_on_split(trained_scorer(model, cfg, ease_weights=ease_weights), split, cfg.metrics, cfg.eval_batch_size, device,
+                                    per_user=True)
+        per_user = report.pop("per_user")
+        report["ease"] = ease_yardstick(split, cfg.metrics, cfg.select_metric)
+        ease_per_user = report["ease"].pop("per_user", {})
+        report["vs_ease"] = {k: paired_difference(per_user[k], ease_per_user[k]) for k in per_user if k in ease_per_user}
         from multivae.artifact import known_from_split, save_model_dir
 
         save_model_dir(work / MODEL_DIR, model, model_cfg, split.item_ids, known_from_split(split),
                        metrics={"val": report["val"], "test": report["test"], "best": state.best, "epochs": state.epoch},
                        command=command, dataset=to_dict(data_cfg), source_path=split.info.get("source_path"),
-                       train_config=to_dict(cfg))
+                       train_config=to_dict(cfg), ease_weights=ease_weights)
         report["model_dir"] = str(out / MODEL_DIR)
     try:
         atomic_write_json(work / METRICS_NAME, report)
@@ -549,6 +558,16 @@ def _main(argv: Sequence[str] | None, folder: RunFolder) -> int:
     shown = [("val", val), ("test", test)] + ([("pop test", report["popularity"]["test"])] if "popularity" in report else [])
     for name, r in shown:
         print(f"{name:>8} " + " ".join(f"{r.get(m, float('nan')):12.4f}" for m in metrics))
+    if "test" in report.get("ease", {}):
+        print(f"{'EASE':>8} " + " ".join(f"{report['ease']['test'].get(m, float('nan')):12.4f}" for m in metrics)
+              + f"   (test, λ={report['ease']['lambda']:g} chosen on validation)")
+    for name in ("popularity", "EASE"):
+        diff = report.get(f"vs_{name.lower()}", {}).get("test")
+        if diff:
+            print(f"- {name:<10} " + " ".join(f"{diff[m]:+.4f}±{diff[m + '_se']:.4f}" for m in metrics)
+                  + "   (test, this model minus it on the same users, paired SE)")
+    if "skipped" in report.get("ease", {}):
+        print(f"EASE not computed: {report['ease']['skipped']}")
     if kind not in ("popularity", "ease"):
         print(f"best epoch {report['best']['epoch']} (beta {report['best']['kl_weight']:.4f}), "
               f"{report['time_per_epoch_s']:.3f} s/epoch train, {report['eval_time_per_epoch_s']:.3f} s/epoch validation")

@@ -7,10 +7,19 @@ Precision (multivae.precision): `precision: bf16` runs each forward pass's matmu
 (CPU or CUDA) on fp32 master weights; log_softmax, the losses, the KL, the backward pass and the step run outside it, and validation scores in plain fp32. The loop never
 waits for the device inside an epoch on CUDA: the step records stay on the device and come back once per
 epoch (on CPU every step, where reading them costs nothing), and a non-finite loss is found then.
+
+RecVAE's alternating updates (`alternating: true`, Shenbin et al. 2020): an epoch is `encoder_passes` shuffled
+passes updating the encoder alone, then (prior composite) the frozen prior encoder is refreshed from the encoder,
+then `decoder_passes` passes updating the decoder alone, without input dropout. One Adam covers all
+parameters: the half that a pass leaves alone never gets a gradient (its requires_grad is off during the pass),
+and torch's Adam skips such parameters and counts steps per parameter, so this is exactly two independent
+Adams, and checkpoints keep their format. Every update counts in global_step (the KL schedule runs over all
+passes); the weight-decay penalty covers the weight matrices of the half being updated. One validation per epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -23,13 +32,15 @@ import torch
 
 from multivae.allocator import MALLOC_MODES, keep_freed_memory
 from multivae.batch import SparseBatch
+from multivae.blend import blend_ease_weights, trained_scorer
 from multivae.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from multivae.config import from_dict, to_dict
 from multivae.data.split import SplitData
 from multivae.errors import UserError
 from multivae.evaluate import DEFAULT_METRICS, evaluate, model_scorer
 from multivae.metrics import parse_metric
-from multivae.model import ModelConfig, MultiDAE, MultiVAE, build_model, kl_divergence, kl_weight, l2_penalty, reconstruction_loss
+from multivae.model import (ModelConfig, MultiDAE, MultiVAE, build_model, composite_log_prior, kl_divergence, kl_divergence_per_user,
+                            kl_monte_carlo, kl_weight, l2_penalty, reconstruction_loss)
 from multivae.precision import PRECISIONS, forward_precision, training_precision
 
 # The reference: beta = min(anneal_cap, update_count / total_anneal_steps), total_anneal_steps = 200,000 on
@@ -72,12 +83,21 @@ class TrainConfig:
                                         # weights, losses in fp32; validation and test always score in fp32 |
                                         # bf16-sim: bf16's rounding on fp32 units (quality checks without bf16 hardware)
     tf32: bool = False                  # CUDA only: TF32 for the fp32 training matmuls (no effect on CPU)
+    alternating: bool = False           # RecVAE: per epoch, encoder_passes passes updating only the encoder, then
+                                        # decoder_passes passes updating only the decoder (input dropout 0)
+    encoder_passes: int = 3             # with alternating: passes over the training users per epoch, encoder only
+    decoder_passes: int = 1             # with alternating: passes per epoch, decoder only
+    ease_blend: float = 0.0             # w > 0: score (validation, test, recommend) by (1 - w) z(logits) + w z(EASE's
+                                        # x B) per user (multivae.blend, after VASP); 0: the model alone
+    ease_lambda: float = 500.0          # with ease_blend: EASE's lambda, B fitted once on the training users
 
     def __post_init__(self) -> None:
         from multivae.config import check_device_name, check_domains
 
         check_domains(self, {"epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "weight_decay": ">= 0", "anneal_cap": ">= 0",
-                             "anneal_steps": ">= 0", "eval_batch_size": ">= 1", "seed": "in [0, 2**32)", "threads": ">= 1"})
+                             "anneal_steps": ">= 0", "eval_batch_size": ">= 1", "seed": "in [0, 2**32)", "threads": ">= 1",
+                             "encoder_passes": ">= 1", "decoder_passes": ">= 1", "ease_blend": "in [0, 1)",
+                             "ease_lambda": "> 0"})
         check_device_name(self.device)
         if self.adam not in ADAM_KERNELS:
             raise ValueError(f"adam must be one of {list(ADAM_KERNELS)}, got {self.adam!r}")
@@ -130,6 +150,9 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=dict)       # metric value, epoch, kl_weight at the best epoch
     best_model: dict[str, torch.Tensor] | None = None         # state_dict of the best-by-validation model
     history: list[dict[str, Any]] = field(default_factory=list)
+    # prior composite: the frozen encoder copy ("enc_w.0", "enc_b.0", ... as in the state_dict) whose posterior is
+    # the prior's main component; refreshed from the encoder once per epoch. Outside the model's state_dict.
+    prior_encoder: dict[str, torch.Tensor] | None = None
 
     @property
     def best_value(self) -> float:
@@ -152,7 +175,14 @@ def init_state(n_items: int, model_cfg: ModelConfig, cfg: TrainConfig) -> TrainS
     device = resolve_device(cfg.device)
     model = build_model(n_items, model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **ADAM_KERNELS[cfg.adam])
-    return TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
+    state = TrainState(model, optimizer, model_cfg, cfg, rng=np.random.default_rng(cfg.seed))
+    if _uses_prior_encoder(model):
+        state.prior_encoder = model.encoder_state()
+    return state
+
+
+def _uses_prior_encoder(model: MultiVAE | MultiDAE) -> bool:
+    return isinstance(model, MultiVAE) and model.config.prior == "composite"
 
 
 class _StepLog:
@@ -186,24 +216,60 @@ class _StepLog:
 
 
 def train_epoch(state: TrainState, split: SplitData, anneal_steps: int, lam: float, callback: Callback) -> dict[str, float]:
+    """One epoch: one pass updating everything, or (alternating) the encoder's passes, the prior encoder's
+    refresh and the decoder's passes. Returns the mean step record and the last KL weight."""
+    model, cfg = state.model, state.train_config
+    device = next(model.parameters()).device
+    log = _StepLog(state, callback)
+    model.train()
+    with training_precision(device, cfg):
+        if not cfg.alternating:
+            beta = _one_pass(state, split, anneal_steps, lam, log)
+        else:
+            for _ in range(cfg.encoder_passes):
+                beta = _one_pass(state, split, anneal_steps, lam, log, update="encoder")
+            _refresh_prior_encoder(state)
+            for _ in range(cfg.decoder_passes):
+                beta = _one_pass(state, split, anneal_steps, lam, log, update="decoder", input_dropout=False)
+    if not cfg.alternating:
+        _refresh_prior_encoder(state)
+    log.flush()
+    return {k: v / max(1, log.n) for k, v in log.sums.items()} | {"kl_weight": beta}
+
+
+def _refresh_prior_encoder(state: TrainState) -> None:
+    if _uses_prior_encoder(state.model):
+        state.prior_encoder = state.model.encoder_state()
+
+
+@contextlib.contextmanager
+def _frozen(params: list[torch.nn.Parameter]):
+    """No gradient for `params` inside (so Adam leaves them and their moments alone); restored on the way out."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _one_pass(state: TrainState, split: SplitData, anneal_steps: int, lam: float, log: _StepLog,
+              update: str = "all", input_dropout: bool = True) -> float:
+    """One shuffled pass over the training users, an update per batch of the parameters in `update` (all,
+    encoder or decoder); input dropout as configured unless `input_dropout` is False. Returns the last beta."""
     model, opt, cfg = state.model, state.optimizer, state.train_config
     device = next(model.parameters()).device
     is_vae = isinstance(model, MultiVAE)
     pin = device.type == "cuda"
-    log = _StepLog(state, callback)
-    model.train()
+    frozen = {"all": [], "encoder": model.decoder_parameters(), "decoder": model.encoder_parameters()}[update]
     order = state.rng.permutation(split.train.shape[0])
     beta = 0.0
-    with training_precision(device, cfg):
+    with _frozen(frozen):
         for start in range(0, len(order), cfg.batch_size):
             x = SparseBatch.from_csr(split.train, np.sort(order[start:start + cfg.batch_size]), pin=pin).to(device)
             beta = kl_weight(state.global_step, cfg.anneal_cap, anneal_steps) if is_vae else 0.0
-            with forward_precision(device, cfg):
-                logits, mu, logvar = model(x)
-            # log_softmax, the losses and the KL in fp32, outside autocast
-            recon = reconstruction_loss(logits.float(), x, model.config.likelihood)
-            kl = kl_divergence(mu.float(), logvar.float()) if is_vae else torch.zeros((), device=device)
-            loss = recon + beta * kl + l2_penalty(model, lam)
+            loss, recon, kl = batch_loss(state, x, beta, lam, update, input_dropout)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -211,14 +277,62 @@ def train_epoch(state: TrainState, split: SplitData, anneal_steps: int, lam: flo
             log.add(state.global_step, beta, loss, recon, kl)
             if device.type == "cpu":
                 log.flush()          # free on CPU: report and check every step
-    log.flush()
-    return {k: v / max(1, log.n) for k, v in log.sums.items()} | {"kl_weight": beta}
+    return beta
 
 
-def validate(state: TrainState, split: SplitData) -> dict[str, float]:
+def batch_loss(state: TrainState, x: SparseBatch, beta: float, lam: float, update: str = "all",
+               input_dropout: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass and the loss of one batch: (loss, recon, kl), recon and kl means over users, kl unweighted.
+    loss = recon + beta * KL (kl_scale constant) or mean_u(recon_u + beta * n_u * KL_u) (interactions), plus
+    the L2 penalty on the weights of `update` (all, encoder, decoder)."""
+    model, cfg = state.model, state.train_config
+    device = next(model.parameters()).device
+    z = mu_old = logvar_old = None
+    with forward_precision(device, cfg):
+        if _uses_prior_encoder(model):
+            logits, mu, logvar, z = model.sample(x, input_dropout)
+            with torch.no_grad():
+                mu_old, logvar_old = model.encode_frozen(state.prior_encoder, x)
+        else:
+            logits, mu, logvar = model(x, input_dropout)
+    # log_softmax, the losses and the KL in fp32, outside autocast
+    recon = reconstruction_loss(logits.float(), x, model.config.likelihood)
+    if isinstance(model, MultiVAE):
+        kl_term, kl = _kl_terms(model.config, beta, x, mu.float(), logvar.float(), z, mu_old, logvar_old)
+    else:
+        kl = torch.zeros((), device=device)
+        kl_term = beta * kl
+    return recon + kl_term + l2_penalty(model, lam, update), recon, kl
+
+
+def _kl_terms(model_cfg: ModelConfig, beta: float, x: SparseBatch, mu: torch.Tensor, logvar: torch.Tensor,
+              z: torch.Tensor | None, mu_old: torch.Tensor | None, logvar_old: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss's KL term, the mean per-user KL that the step record logs, unweighted).
+
+    standard + constant: beta * exact KL averaged over users (the paper). composite: the per-user KL is the
+    Monte-Carlo estimate at the sampled z against the composite prior. interactions: user u's KL weighs
+    beta * n_u (n_u its training interactions), averaged over users."""
+    if model_cfg.prior == "standard" and model_cfg.kl_scale == "constant":
+        kl = kl_divergence(mu, logvar)
+        return beta * kl, kl
+    if model_cfg.prior == "composite":
+        z = z.float()
+        kl_u = kl_monte_carlo(z, mu, logvar, composite_log_prior(z, mu_old.float(), logvar_old.float()))
+    else:
+        kl_u = kl_divergence_per_user(mu, logvar)
+    kl = kl_u.mean()
+    if model_cfg.kl_scale == "interactions":
+        return (beta * x.counts().to(kl_u.dtype) * kl_u).mean(), kl
+    return beta * kl, kl
+
+
+def validate(state: TrainState, split: SplitData, ease_weights: torch.Tensor | None = None) -> dict[str, float]:
+    """The validation metrics of the model now, scored as every command scores it (`multivae.blend.trained_scorer`:
+    the logits, or with `ease_blend` the blend with EASE's B = `ease_weights`, fitted here when not given)."""
     cfg = state.train_config
     device = next(state.model.parameters()).device
-    return evaluate(model_scorer(state.model), split.val_fold_in, split.val_target, cfg.metrics, cfg.eval_batch_size, device)
+    score = trained_scorer(state.model, cfg, ease_weights=ease_weights, train=split.train)
+    return evaluate(score, split.val_fold_in, split.val_target, cfg.metrics, cfg.eval_batch_size, device)
 
 
 def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None,
@@ -233,11 +347,12 @@ def fit(split: SplitData, model_cfg: ModelConfig | None = None, cfg: TrainConfig
         keep_freed_memory()
     anneal_steps = resolved_anneal_steps(cfg, split.train.shape[0])
     lam = resolved_weight_decay(cfg, model_cfg)
+    ease_weights = blend_ease_weights(cfg, split.train)   # once per fit, for every epoch's validation (None: no blend)
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         train_stats = train_epoch(state, split, anneal_steps, lam, callback)
         t1 = time.perf_counter()
-        val = validate(state, split)
+        val = validate(state, split, ease_weights)
         t2 = time.perf_counter()
         state.epoch += 1
         value = val[cfg.select_metric]
@@ -266,6 +381,7 @@ def state_payload(state: TrainState, item_ids: np.ndarray | None = None, extra: 
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "best_model": state.best_model,
+        "prior_encoder": state.prior_encoder,     # prior composite only (None otherwise)
         "epoch": state.epoch,
         "global_step": state.global_step,
         "best": state.best,
@@ -326,6 +442,7 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
         raise UserError(f"{path}: checkpoint does not match its model config ({str(exc).splitlines()[0]})") from None
     for group in state.optimizer.param_groups:   # load_state_dict brought back the checkpoint's lr
         group["lr"] = cfg.lr
+    state.prior_encoder = _restored_prior_encoder(payload.get("prior_encoder"), state, where)
     state.epoch, state.global_step = int(payload["epoch"]), int(payload["global_step"])
     state.best, state.best_model, state.history = dict(payload["best"]), payload["best_model"], list(payload["history"])
     state.rng.bit_generator.state = payload["rng"]["numpy"]
@@ -336,6 +453,21 @@ def restore_state(path, n_items: int | None = None, device: str | None = None,
         for i in range(n):
             torch.cuda.set_rng_state(cuda_states[i], device=i)
     return state
+
+
+def _restored_prior_encoder(saved: Any, state: TrainState, where: str) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's frozen prior encoder, checked against the encoder's names and shapes. None unless the
+    (possibly replaced) model config has prior composite; a checkpoint without one (older, or trained with
+    the standard prior) starts the prior from the restored encoder."""
+    if not _uses_prior_encoder(state.model):
+        return None
+    current = state.model.encoder_state()
+    if saved is None:
+        return current
+    if (not isinstance(saved, dict) or set(saved) != set(current)
+            or any(not isinstance(saved[k], torch.Tensor) or tuple(saved[k].shape) != tuple(v.shape) for k, v in current.items())):
+        raise UserError(f"{where}: the checkpoint's prior_encoder does not match the model's encoder")
+    return {k: saved[k].to(device=v.device, dtype=v.dtype) for k, v in current.items()}
 
 
 def best_model(state: TrainState) -> MultiVAE | MultiDAE:

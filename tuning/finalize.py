@@ -1,9 +1,10 @@
 """After the search: pick the best trial, test its best weights once on the held-out test users next to
-popularity, and write `results.json`, `best_config.yaml` (and the best model) into the experiment.
+popularity and EASE, and write `results.json`, `best_config.yaml` (and the best model) into the experiment.
 
-The best trial is the one with the best validation value of the search metric at any of its epochs (ties:
-the first trial). Its last checkpoint holds the best-by-validation weights up to that checkpoint; those are
-the weights tested, once.
+The best single run is the trial with the best validation value of the search metric at any of its epochs
+(ties: the first trial). Unless `search.reevaluate_top_k` is 0, the top k trials are then retrained with more
+seeds and the pick is the best mean (`tuning.reevaluate`). The picked trial's last checkpoint holds its
+best-by-validation weights up to that checkpoint; those are the weights tested, once.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from multivae.blend import blend_ease_weights, trained_scorer
 from multivae.checkpoint import CHECKPOINT_NAME
 from multivae.config import to_dict
+from multivae.ease import ease_yardstick
 from multivae.errors import UserError
-from multivae.evaluate import evaluate_on_split, model_scorer, paired_difference
+from multivae.evaluate import evaluate_on_split, paired_difference
 from multivae.metrics import metric_definitions
 from multivae.training import best_model, restore_state
 from tuning import experiment, ray_compat
 from tuning.experiment import TrialRecord
 from tuning.progress import per_hour_text
+from tuning.reevaluate import reevaluate
 from tuning.space import SearchSpace
 from tuning.trial_config import split_trial_config
 
@@ -66,7 +70,8 @@ def evaluate_trial(trial: TrialRecord, split) -> tuple[dict[str, Any], Any]:
             copy.write_bytes(experiment.read_bytes(source))
             state = restore_state(copy, n_items=split.n_items, device=device)
     cfg = state.train_config
-    scores = evaluate_on_split(model_scorer(best_model(state)), split, cfg.metrics, cfg.eval_batch_size, device, per_user=True)
+    scorer = trained_scorer(best_model(state), cfg, train=split.train)   # with train.ease_blend, beside EASE (multivae.blend)
+    scores = evaluate_on_split(scorer, split, cfg.metrics, cfg.eval_batch_size, device, per_user=True)
     return {"checkpoint": folder, "checkpoint_epoch": state.epoch, "best_epoch": state.best.get("epoch"),
             "beta_at_best": state.best.get("kl_weight"), "global_step": state.global_step,
             "anneal_steps": state.history[-1]["anneal_steps"] if state.history else None,
@@ -100,7 +105,7 @@ def metrics_table(rows: list[tuple[str, dict]], metrics: Sequence[str]) -> str:
 
 
 def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, finalize_now: bool, resumed: bool,
-             fit_wall: float, t_start: float, dataset: dict[str, Any], command: Sequence[str] = ()) -> int:
+             fit_wall: float, t_start: float, dataset: dict[str, Any], command: Sequence[str] = (), quiet: bool = False) -> int:
     """Test the best trial and write the results; EXIT_INTERRUPTED (and nothing written) while trials remain
     unfinished, unless `finalize_now` (--finalize: test the best trial so far)."""
     metric, mode = space.search.metric, space.search.mode
@@ -116,6 +121,15 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     if best is None:
         raise UserError(f"{exp_path}: no trial left a checkpointed result ({counts['errored']} errored); "
                         f"see the error.txt files, then {resume_cmd} --retry-errored")
+    settings = space.search
+    if settings.reevaluate_top_k and settings.reevaluate_seeds and not quiet:
+        print(f"re-evaluating the top {settings.reevaluate_top_k} trials with {settings.reevaluate_seeds} more seeds each "
+              f"(search.reevaluate_top_k, search.reevaluate_seeds); the pick is the best mean validation {metric}",
+              file=sys.stderr, flush=True)
+    reeval = reevaluate(trials, split, metric=metric, mode=mode, top_k=settings.reevaluate_top_k,
+                        seeds=settings.reevaluate_seeds, quiet=quiet)
+    if reeval is not None:
+        best = next(t for t in trials if t.trial_id == reeval["chosen"])
 
     print(f"testing the best trial {best.trial_id} once on the test users, with popularity and EASE beside it", file=sys.stderr,
           flush=True)
@@ -148,6 +162,8 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         "wall_time_s": {"search": fit_wall, "total": time.perf_counter() - t_start}, "resumed": resumed,
         "cpu_time_s": {"trials": cpu_s}, "trials_per_hour": per_hour,
         "finalized_early": bool(early and finalize_now),
+        # The top trials retrained with more seeds (tuning.reevaluate); null when search.reevaluate_top_k is 0.
+        "reevaluation": reeval,
     } | ({"note": note} if note else {})
     model_dir = write_best_model(exp_path, state, split, dataset, metrics={"val": final["val"], "test": final["test"],
                                                                        "popularity": final["popularity"],
@@ -160,6 +176,8 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.config.items()))
     print(f"\nbest trial {best.trial_id}: validation {metric} {best_value:.4f} at epoch {final['best_epoch']} of "
           f"{best.epochs} (beta* {final['beta_at_best']:.4f}); {params}")
+    if reeval is not None:
+        print(reevaluation_text(reeval, metric))
     rows = [("validation", final["val"]), ("test", final["test"]), ("popularity test", final["popularity"]["test"])]
     if "test" in ease:
         rows.append((f"EASE test (λ={ease['lambda']:g})", ease["test"]))
@@ -170,6 +188,8 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
         if "test" in diff:
             print(f"best trial - {name} on the same test users: {verdict(diff['test'], metric)}")
     rate = f", {per_hour_text(per_hour)} trials/h" if per_hour is not None else ""
+    if reeval is not None:
+        rate += f"; re-evaluation {reeval['wall_time_s']:.1f} s wall, {reeval['cpu_time_s']:.1f} CPU s"
     print(f"trials: {counts['total']} ({counts['completed']} completed, {counts['stopped_early']} stopped early, "
           f"{counts['errored']} errored); search {fit_wall:.1f} s wall, {cpu_s:.1f} CPU s in the trials{rate}; "
           f"total {time.perf_counter() - t_start:.1f} s")
@@ -181,25 +201,24 @@ def finalize(space: SearchSpace, split, *, exp_path: str, resume_cmd: str, final
     return 0
 
 
+def reevaluation_text(reeval: dict[str, Any], metric: str) -> str:
+    """The re-evaluation as the final summary prints it: one line per candidate, the pick marked."""
+    lines = [f"re-evaluated the top {len(reeval['candidates'])} trials, validation {metric} over "
+             f"{reeval['seeds'] + 1} seeds (mean ± SE across seeds; single run):"]
+    for r in reeval["candidates"]:
+        mark = "  <- picked" if r["trial_id"] == reeval["chosen"] else ""
+        lines.append(f"  trial {r['number']} ({r['trial_id']}): {r['mean']:.4f} ± {r['se']:.4f}; single run {r['single_run']:.4f}{mark}")
+    if reeval["changed_pick"]:
+        lines.append(f"  the pick differs from the best single run ({reeval['single_run_best']})")
+    return "\n".join(lines)
+
+
 def verdict(diff: dict[str, float], metric: str) -> str:
     """'+0.0123 ± 0.0031 NDCG@100 (paired SE): ahead' — ahead or behind only beyond two standard errors, a tie
     otherwise."""
     d, se = diff[metric], diff[f"{metric}_se"]
     word = "ahead" if d > 2 * se else "behind" if d < -2 * se else "a tie (within 2 SE)"
     return f"{d:+.4f} ± {se:.4f} {metric} (paired SE): {word}"
-
-
-def ease_yardstick(split, metrics: Sequence[str], select_metric: str) -> dict[str, Any]:
-    """EASE (Steck, 2019) on the same users, λ chosen on validation: the closed-form baseline every result
-    stands next to (with its per-user values under "per_user", for the paired difference). A catalogue too
-    large for this machine's memory is recorded as skipped, with the reason."""
-    from multivae.ease import ease_baseline
-
-    try:
-        out = ease_baseline(split, metrics=metrics, select_metric=select_metric, baselines=False, per_user=True)
-    except UserError as exc:
-        return {"skipped": str(exc)}
-    return {k: v for k, v in out.items() if k in ("lambda", "select_metric", "grid", "val", "test", "dtype", "time_s", "per_user")}
 
 
 def write_best_model(exp_path: str, state, split, dataset: dict[str, Any], metrics: dict[str, Any], command: str | None) -> str:
@@ -212,7 +231,8 @@ def write_best_model(exp_path: str, state, split, dataset: dict[str, Any], metri
     target = experiment.join(exp_path, experiment.BEST_MODEL)
     args = dict(model=best_model(state), model_config=state.model_config, item_ids=split.item_ids, known=known_from_split(split),
                 metrics=jsonable(metrics), command=command, dataset=dataset, source_path=split.info.get("source_path"),
-                train_config=to_dict(state.train_config))
+                train_config=to_dict(state.train_config),
+                ease_weights=blend_ease_weights(state.train_config, split.train))
     local = experiment.local_path(target)
     if local is not None:
         save_model_dir(local, **args)
@@ -238,5 +258,5 @@ def best_config_yaml(space: SearchSpace, best: TrialRecord, final: dict[str, Any
         "dataset": to_dict(space.dataset), "model": to_dict(model_cfg), "train": to_dict(train_cfg)}), sort_keys=False)
 
 
-__all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "ease_yardstick", "evaluate_trial", "finalize", "metrics_table", "pick_best",
-           "read_search", "trials_table", "verdict", "write_best_model"]
+__all__ = ["EXIT_INTERRUPTED", "best_config_yaml", "evaluate_trial", "finalize", "metrics_table", "pick_best",
+           "read_search", "reevaluation_text", "trials_table", "verdict", "write_best_model"]

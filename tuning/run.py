@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = (), pl
         final_phase = True
         return finalize(plan.space, split, exp_path=plan.exp_path, resume_cmd=plan.resume_cmd, finalize_now=args.finalize,
                         resumed=bool(args.resume), fit_wall=fit_wall, t_start=t_start, dataset=to_dict(plan.space.dataset),
-                        command=plan.meta.get("argv") or ())
+                        command=plan.meta.get("argv") or (), quiet=args.quiet)
     except KeyboardInterrupt:
         if final_phase:   # nothing of the results is half-written (each file is renamed into place whole)
             print(f"stopped by {'SIGTERM' if term.received else 'Ctrl-C'} while testing the best trial; the search is saved. "

@@ -1,4 +1,5 @@
-"""The `search` section: how many trials, how many at once, the searcher's seed, the metric and mode, the points tried first.
+"""The `search` section: how many trials, how many at once, the searcher's seed, the metric and mode, the points tried first,
+and the re-evaluation of the top trials after the search.
 
 `points_to_evaluate` are checked against the searched parameters' distributions (`tuning.distributions`) and
 held in the searcher's encoded form (list choices as their JSON text).
@@ -30,6 +31,8 @@ class SearchSettings:
     mode: str = "max"
     points_to_evaluate: tuple[dict, ...] = ()  # searcher-space values: list choices encoded (see tuning.trial_config)
     objective: str = "best"                    # what Optuna is told of a trial: its best epoch's value, or its last
+    reevaluate_top_k: int = 3                  # after the search, retrain the k best trials (0: off; tuning.reevaluate)
+    reevaluate_seeds: int = 2                  # ... this many more times each, and pick by the mean validation value
 
 
 def parse_search(p: Parser, raw: Any, params: dict[str, Distribution], train_cfg: TrainConfig) -> SearchSettings:
@@ -60,7 +63,12 @@ def parse_search(p: Parser, raw: Any, params: dict[str, Distribution], train_cfg
     objective = d.get("objective", default.objective)
     if objective not in OBJECTIVES:
         p.fail(f"search.objective must be one of {', '.join(OBJECTIVES)}, got {short_repr(objective)}")
-    return SearchSettings(num_samples, max_concurrent, seed, metric, mode, encoded, objective)
+    top_k = p.integer(d.get("reevaluate_top_k", default.reevaluate_top_k), "search.reevaluate_top_k")
+    extra_seeds = p.integer(d.get("reevaluate_seeds", default.reevaluate_seeds), "search.reevaluate_seeds")
+    for key, value in (("reevaluate_top_k", top_k), ("reevaluate_seeds", extra_seeds)):
+        if (problem := resources.count_problem(value, 0)) is not None:
+            p.fail(f"search.{key} {problem}")
+    return SearchSettings(num_samples, max_concurrent, seed, metric, mode, encoded, objective, top_k, extra_seeds)
 
 
 def _point(p: Parser, i: int, point: Any, params: dict[str, Distribution]) -> dict:

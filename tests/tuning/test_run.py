@@ -146,6 +146,71 @@ def test_results_put_the_best_trial_beside_ease_and_popularity_as_paired_differe
     assert np.isfinite(res["vs_popularity"]["test"]["recall@20_se"])
 
 
+def test_the_pick_is_the_best_mean_of_the_top_trials_retrained_with_more_seeds(smoke_experiment):
+    """search.reevaluate_top_k (3) x reevaluate_seeds (2): the three best single runs are trained again with
+    seeds seed+1 and seed+2 for the epochs they ran; the pick is the best mean, reported with its SE across
+    seeds beside the single run, and its own checkpoint is tested. One retraining is redone here with
+    multivae.training.fit and must give the recorded value exactly."""
+    import statistics
+    from dataclasses import replace
+
+    from multivae.data import load_dataset
+    from multivae.training import fit
+    from tuning.trial_config import split_trial_config
+
+    res = smoke_experiment.results
+    space = smoke_space()
+    reeval = res["reevaluation"]
+    assert (reeval["top_k"], reeval["seeds"]) == (space.search.reevaluate_top_k, space.search.reevaluate_seeds) == (3, 2)
+    table = sorted(res["trials_table"], key=lambda r: -r["best_ndcg@100"])
+    cands = reeval["candidates"]
+    assert [c["trial_id"] for c in cands] == [r["trial_id"] for r in table[:3]]
+    assert reeval["single_run_best"] == table[0]["trial_id"]
+    for c, row in zip(cands, table):
+        values = [c["single_run"]] + [r["ndcg@100"] for r in c["runs"]]
+        assert c["single_run"] == row["best_ndcg@100"] and c["epochs"] == row["epochs"] and c["n"] == 3
+        assert [r["seed"] for r in c["runs"]] == [c["seed"] + 1, c["seed"] + 2]
+        assert c["mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert c["se"] == pytest.approx(statistics.stdev(values) / math.sqrt(3), rel=1e-9)
+        assert all(1 <= r["best_epoch"] <= c["epochs"] for r in c["runs"])
+    chosen = max(cands, key=lambda c: c["mean"])
+    assert reeval["chosen"] == chosen["trial_id"] == res["best_trial"]["trial_id"]
+    assert reeval["changed_pick"] == (chosen["trial_id"] != table[0]["trial_id"])
+    assert math.isclose(res["val"]["ndcg@100"], chosen["single_run"], rel_tol=1e-5)   # the chosen trial's own weights
+    assert reeval["epochs_trained"] == 2 * sum(c["epochs"] for c in cands)
+    assert reeval["wall_time_s"] > 0 and reeval["cpu_time_s"] > 0
+    assert "re-evaluated the top 3 trials" in smoke_experiment.out and "<- picked" in smoke_experiment.out
+
+    # one retraining, redone: the trial's own config with the recorded seed, for the epochs it ran
+    cand = cands[-1]
+    trial_cfg = next(r["config"] for r in res["trials_table"] if r["trial_id"] == cand["trial_id"])
+    model_cfg, train_cfg = split_trial_config(trial_cfg, where="test")
+    split = load_dataset(space.dataset, cache_dir=smoke_experiment.cache, verbose=False)
+    state = fit(split, model_cfg, replace(train_cfg, seed=cand["runs"][0]["seed"], epochs=cand["epochs"], device="cpu"))
+    assert state.best_value == cand["runs"][0]["ndcg@100"] and state.best["epoch"] == cand["runs"][0]["best_epoch"]
+
+
+def test_reevaluation_is_off_with_top_k_0_and_its_settings_are_checked(tiny_split):
+    from multivae.errors import UserError
+    from tuning.reevaluate import mean_and_se, reevaluate
+
+    assert reevaluate([], tiny_split, metric="ndcg@100", mode="max", top_k=0, seeds=2) is None
+    assert reevaluate([], tiny_split, metric="ndcg@100", mode="max", top_k=3, seeds=0) is None
+    mean, se = mean_and_se([0.1, 0.2, 0.6])
+    assert mean == pytest.approx(0.3) and se == pytest.approx(math.sqrt(((0.2**2 + 0.1**2 + 0.3**2) / 2) / 3))
+    assert math.isnan(mean_and_se([0.5])[1])
+    from tuning.space import parse_space
+
+    def space(**search):
+        return parse_space({"fixed": {"epochs": 10}, "params": {"lr": {"type": "uniform", "low": 0.001, "high": 0.01}},
+                            "search": search}, "inline.yaml")
+
+    assert space(reevaluate_top_k=0).search.reevaluate_top_k == 0 and space().search.reevaluate_seeds == 2
+    for key, value, msg in (("reevaluate_top_k", -1, "must be >= 0, got -1"), ("reevaluate_seeds", 1.5, "must be an integer, got 1.5")):
+        with pytest.raises(UserError, match=rf"^inline\.yaml: search\.{key} {re.escape(msg)}$"):
+            space(**{key: value})
+
+
 def test_tensorboard_has_step_and_epoch_curves_and_hparams(smoke_experiment):
     for d in trial_dirs(smoke_experiment.path):
         rows = result_rows(d)
@@ -206,7 +271,8 @@ def test_optuna_study_results_json_and_report_agree_on_every_trial(smoke_experim
             assert row["status"] == "completed" and t.state == optuna.trial.TrialState.COMPLETE, tid
             assert t.value == row["best_ndcg@100"], tid             # the best epoch's value, not the last
     assert pruned == res["trials"]["stopped_early"] > 0
-    assert study.best_value == res["best_trial"]["best_ndcg@100"]
+    single_best = next(r for r in res["trials_table"] if r["trial_id"] == res["reevaluation"]["single_run_best"])
+    assert study.best_value == single_best["best_ndcg@100"] == max(r["best_ndcg@100"] for r in res["trials_table"])
 
 
 def test_refuses_an_existing_experiment_without_resume(smoke_experiment, capsys):
