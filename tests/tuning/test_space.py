@@ -253,7 +253,7 @@ def test_validate_resources():
 # --- finding the file -----------------------------------------------------------------------------------
 
 def test_unknown_name_lists_the_available_spaces():
-    with pytest.raises(UserError, match=r"unknown search space 'smok'.*available: .*default, .*paper, smoke"):
+    with pytest.raises(UserError, match=r"unknown search space 'smok'.*available: .*default, .*paper, recvae, smoke"):
         load_space("smok")
     with pytest.raises(UserError, match=r"^nowhere/x\.yaml: no such search space file"):
         load_space("nowhere/x.yaml")
